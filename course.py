@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Set up the sdlearn course and open it, or set it up and run every test.
+
+    python3 course.py lab      # set up (first time only) and open the course in JupyterLab
+    python3 course.py test     # set up (first time only) and run the unit tests and every notebook
+
+Set-up makes a virtual environment in .venv (override: SDLEARN_VENV=path), installs a
+PyTorch build that fits the machine (see choose_torch below), then this project with its
+test tools. It remembers what it installed and does nothing the second time unless
+pyproject.toml changed. Extra arguments go to JupyterLab or pytest:
+
+    python3 course.py test -k vae -x
+    python3 course.py lab --port 8899
+
+Environment variables:
+    SDLEARN_TORCH=cpu|cuda|skip   force the kind of PyTorch build (skip: keep what is there)
+    SDLEARN_VENV=path             where the virtual environment lives (default .venv)
+    SDLEARN_MODEL=...             which model the notebooks use (see README)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SDLEARN_VENV", ROOT / ".venv"))
+TORCH_VERSION = "2.13.0"  # the release the course is tested with; a CPU wheel of it is the fast path
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def say(message: str) -> None:
+    print(f"[course] {message}", flush=True)
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(*args: str | Path, check: bool = True) -> int:
+    return subprocess.run([str(a) for a in args], check=check).returncode
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def choose_torch() -> str:
+    """'cuda', 'cpu' or 'skip', from SDLEARN_TORCH or the machine."""
+    choice = os.environ.get("SDLEARN_TORCH", "").strip().lower()
+    if choice:
+        if choice not in {"cpu", "cuda", "skip"}:
+            sys.exit(f"[course] SDLEARN_TORCH must be cpu, cuda or skip, got {choice!r}")
+        return choice
+    return "cuda" if has_nvidia_gpu() else "cpu"
+
+
+def torch_installed(py: Path) -> str | None:
+    out = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def install_torch(py: Path, kind: str) -> None:
+    """Install PyTorch without pulling gigabytes of CUDA libraries onto a machine with no GPU.
+
+    - An NVIDIA GPU (or SDLEARN_TORCH=cuda): the default wheel from PyPI, which on Linux is a CUDA build.
+    - No GPU on Linux: first the CPU wheel of TORCH_VERSION if pip can find it without an index
+      (a wheel house in PIP_FIND_LINKS, as on the course's CI machines); else PyTorch's own
+      CPU-only index (about 200 MB instead of several GB).
+    - macOS and Windows: PyPI's wheels have no CUDA libraries in them (Apple GPUs use MPS).
+    """
+    pip = [py, "-m", "pip", "install"]
+    if kind == "skip":
+        return
+    present = torch_installed(py)
+    if present and (kind == "cpu" or "+cpu" not in present):
+        say(f"torch {present} already installed")
+        return
+    if kind == "cuda":
+        if platform.system() == "Windows":
+            say("installing a CUDA build of torch for Windows from PyTorch's index")
+            run(*pip, "torch", "--index-url", "https://download.pytorch.org/whl/cu128")
+        else:
+            say("NVIDIA GPU found: installing torch from PyPI (a CUDA build)")
+            run(*pip, f"torch>={TORCH_VERSION.rsplit('.', 1)[0]}")
+        return
+    if platform.system() == "Linux":
+        # The "+cpu" local version pins the CPU build: pip takes it from a wheel house
+        # (PIP_FIND_LINKS) or a configured index when one has it, and never a CUDA build.
+        say(f"no NVIDIA GPU: looking for the CPU build torch=={TORCH_VERSION}+cpu where pip already looks")
+        if run(*pip, f"torch=={TORCH_VERSION}+cpu", check=False) == 0:
+            return
+        say(f"installing the CPU-only build of torch from {TORCH_CPU_INDEX}")
+        run(*pip, "torch", "--index-url", TORCH_CPU_INDEX)
+    else:
+        say("installing torch from PyPI (CPU/MPS build)")
+        run(*pip, "torch")
+
+
+def setup() -> Path:
+    """Create the environment and install everything, once; return the environment's python."""
+    if sys.version_info < (3, 10):
+        sys.exit(f"[course] Python 3.10 or newer is needed, this is {platform.python_version()}: "
+                 "run this script with a newer python3")
+    py = venv_python()
+    if not py.exists():
+        say(f"creating a virtual environment in {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    kind = choose_torch()
+    stamp = VENV / ".sdlearn-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + kind.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and torch_installed(py):
+        return py
+    install_torch(py, kind)
+    say("installing sdlearn and its dependencies (pyproject.toml)")
+    run(py, "-m", "pip", "install", "--upgrade", "--upgrade-strategy", "only-if-needed", "-e", f"{ROOT}[test]")
+    stamp.write_text(digest)
+    return py
+
+
+def env_for(py: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(py.parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = str(VENV)
+    return env
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"lab", "test", "setup"}:
+        print(__doc__)
+        return 2
+    command, extra = argv[0], argv[1:]
+    py = setup()
+    if command == "setup":
+        return 0
+    if command == "lab":
+        start = ROOT / "notebooks" / "00_start_here.ipynb"
+        say("opening the course in JupyterLab (Ctrl+C to stop)")
+        return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), *extra], env=env_for(py), cwd=ROOT)
+    env = env_for(py)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
+    env.setdefault("MPLBACKEND", "Agg")
+    return subprocess.call([str(py), "-m", "pytest", *extra], env=env, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,209 @@
+"""Where tensors live and in which number format: device, dtype and seeded generators.
+
+Every notebook starts with the same three choices: which device (a CUDA GPU, an Apple
+GPU through MPS, or the CPU), which floating-point type (float16 halves memory on a GPU;
+on a CPU it is slow or unsupported, so float32 there), and which random seed. This module
+makes those choices in one place, and explains what went wrong when they clash.
+
+The environment variable ``SDLEARN_DEVICE`` (``cpu``, ``cuda``, ``cuda:N`` or ``mps``)
+overrides the automatic choice, e.g. ``SDLEARN_DEVICE=cpu`` on a machine with a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from importlib import metadata
+
+import torch
+
+DEVICE_ENV_VAR = "SDLEARN_DEVICE"
+ALLOWED_DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _parse_device(device: str | torch.device, *, source: str) -> torch.device:
+    """``device`` as a ``torch.device``; ``source`` names where the value came from, for errors."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip().lower()
+    else:
+        raise TypeError(
+            f"{source} must be a str or torch.device, got {type(device).__name__}. "
+            f"Pass one of {', '.join(ALLOWED_DEVICES)}, e.g. device='cpu'."
+        )
+    if not _DEVICE_RE.match(text):
+        raise ValueError(
+            f"{source} is {device!r}, which is not a device sdlearn knows. "
+            f"Allowed values: {', '.join(ALLOWED_DEVICES)} (N a GPU index, e.g. cuda:0)."
+        )
+    return torch.device(text)
+
+
+def _check_available(device: torch.device) -> None:
+    """Raise a ``RuntimeError`` saying how to fix it when ``device`` cannot be used here."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {str(device)!r} was requested but CUDA is not available "
+                f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'}). "
+                "Use device='cpu' (or unset SDLEARN_DEVICE), or install a CUDA build of PyTorch "
+                "on a machine with an NVIDIA GPU."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {str(device)!r} was requested but only {torch.cuda.device_count()} "
+                f"CUDA device(s) exist (cuda:0 ... cuda:{torch.cuda.device_count() - 1}). "
+                "Pick an existing index, or use device='cuda'."
+            )
+    elif device.type == "mps" and not _mps_available():
+        raise RuntimeError(
+            "device 'mps' was requested but Apple's MPS backend is not available here "
+            "(it needs an Apple-silicon Mac and a PyTorch build with MPS). Use device='cpu'."
+        )
+
+
+def default_device() -> torch.device:
+    """The best device here: CUDA, then MPS, then CPU; ``SDLEARN_DEVICE`` overrides.
+
+    Raises ``ValueError`` for an unknown ``SDLEARN_DEVICE`` value and ``RuntimeError`` when
+    it names a device this machine does not have.
+    """
+    override = os.environ.get(DEVICE_ENV_VAR, "").strip()
+    if override:
+        device = _parse_device(override, source=f"environment variable {DEVICE_ENV_VAR}")
+        _check_available(device)
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """``torch.float16`` on CUDA (half the memory, fast tensor cores), ``torch.float32`` elsewhere."""
+    device = _parse_device(device, source="device")
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(
+                f"dtype {dtype} is not a floating-point type; model weights need one. "
+                "Use torch.float32 (CPU or GPU) or torch.float16 (GPU)."
+            )
+        return dtype
+    if isinstance(dtype, str) and dtype.strip().lower().removeprefix("torch.") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.strip().lower().removeprefix("torch.")]
+    raise ValueError(
+        f"dtype {dtype!r} is not understood. Pass a torch dtype such as torch.float32 or "
+        "torch.float16 (or its name, 'float32' / 'float16' / 'bfloat16')."
+    )
+
+
+def resolve(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """Fill in the default device and dtype, and check the pair can work.
+
+    Raises ``ValueError`` for float16 on the CPU and ``RuntimeError`` for a device this
+    machine does not have. Returns ``(device, dtype)``.
+    """
+    device = default_device() if device is None else _parse_device(device, source="device")
+    _check_available(device)
+    dtype = default_dtype(device) if dtype is None else _parse_dtype(dtype)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError(
+            "dtype torch.float16 was requested on the CPU. Half precision on a CPU is slow and "
+            "many operations (e.g. some convolutions and norms) are not implemented for it. "
+            "Use dtype=torch.float32 on the CPU, or device='cuda' for float16."
+        )
+    return device, dtype
+
+
+def make_generator(seed: int, *, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (an int in [0, 2**64))."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}. Pass e.g. seed=0.")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}. Pass a non-negative int, e.g. seed=0.")
+    device = _parse_device(device, source="device")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> dict[str, str]:
+    """Versions and hardware as strings: what to paste into a bug report."""
+    report = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "transformers": _version("transformers"),
+        "accelerate": _version("accelerate"),
+        "cuda available": str(torch.cuda.is_available()),
+        "mps available": str(_mps_available()),
+    }
+    try:
+        report["device"] = str(default_device())
+    except (ValueError, RuntimeError) as err:
+        report["device"] = f"error: {err}"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report["gpu"] = props.name
+        report["gpu memory"] = f"{props.total_memory / 2**30:.1f} GiB"
+    return report
+
+
+def format_environment_report(report: dict[str, str] | None = None) -> str:
+    """``report`` (default: ``environment_report()``) as aligned ``key : value`` lines."""
+    report = environment_report() if report is None else report
+    width = max((len(key) for key in report), default=0)
+    return "\n".join(f"{key:<{width}} : {value}" for key, value in report.items())
+
+
+def check_same_device_dtype(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless all keyword ``tensors`` share one device and one dtype.
+
+    Pass the floating-point tensors that meet in one operation, by name:
+    ``check_same_device_dtype(latents=latents, noise=noise)``.
+    """
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
+    pairs = {(t.device, t.dtype) for t in tensors.values()}
+    if len(pairs) <= 1:
+        return
+    lines = "\n".join(f"  {name}: device={t.device}, dtype={t.dtype}" for name, t in tensors.items())
+    first = next(iter(tensors))
+    raise ValueError(
+        "tensors are on different devices or have different dtypes:\n"
+        f"{lines}\n"
+        "Expected one device and one dtype for all of them. Fix: move them together with "
+        f"`.to(device, dtype)`, e.g. `x = x.to({first}.device, {first}.dtype)`."
+    )

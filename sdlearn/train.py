@@ -1,0 +1,404 @@
+"""Training code shared by the bundled model's recipe and the training notebook.
+
+Stable Diffusion is trained in stages, and so is the teaching model:
+
+1. CLIP: a text encoder and an image encoder learn, contrastively, to give matching
+   image/caption pairs similar embeddings. Then the text encoder is frozen.
+2. VAE: an autoencoder learns to squeeze 64x64x3 images into 8x8x4 latents and back
+   (reconstruction + a small KL term). Then it is frozen.
+3. UNet: given a noised latent, the timestep and the caption's text embeddings, it
+   learns to predict the noise (:func:`diffusion_loss`, the DDPM objective).
+
+:func:`fit` is the one training loop every stage uses: Hugging Face Accelerate for the
+device (CPU, one GPU or several), AdamW with warm-up and cosine decay, an exponential
+moving average of the weights if asked, a progress bar, a loss log, and checkpoints in
+safetensors to resume from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import world
+
+# --------------------------------------------------------------------------------------
+# Checkpoints, in safetensors (no pickles anywhere in the project).
+# --------------------------------------------------------------------------------------
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, meta_state = {}, {}
+    for pid, state in sd["state"].items():
+        meta_state[str(pid)] = {}
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta_state[str(pid)][key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": meta_state}
+
+
+def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {int(pid): dict(scalars) for pid, scalars in meta["scalars"].items()}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    ema: torch.nn.Module | None, state: dict) -> None:
+    """Write model, EMA, optimizer (all safetensors) and ``state.json`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    if ema is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, folder / "ema.safetensors")
+    tensors, meta = _optimizer_to_flat(optimizer)
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+def load_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    ema: torch.nn.Module | None) -> dict | None:
+    """Restore what :func:`save_checkpoint` wrote; ``None`` if there is no checkpoint."""
+    folder = Path(folder)
+    if not (folder / "state.json").exists():
+        return None
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    if ema is not None and (folder / "ema.safetensors").exists():
+        ema.load_state_dict(load_file(folder / "ema.safetensors"))
+    _optimizer_from_flat(optimizer, load_file(folder / "optimizer.safetensors"),
+                         json.loads((folder / "optimizer.json").read_text()))
+    return json.loads((folder / "state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------
+# The one training loop.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the loss of every step, and the time it took."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def cosine_lr(step: int, *, steps: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, *, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
+
+
+def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor],
+        *, steps: int, lr: float, seed: int = 0, warmup: int = 100, weight_decay: float = 0.0,
+        ema_decay: float | None = None, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
+        log_every: int = 50, log_file: str | Path | None = None, desc: str = "train",
+        callback: Callable[[int, float], None] | None = None, progress: bool = True,
+        accelerator=None) -> tuple[torch.nn.Module, FitResult]:
+    """Train ``model`` for ``steps`` steps of ``loss = loss_fn(model, generator, device)``.
+
+    ``loss_fn`` draws its own batch with ``generator`` (seeded with ``seed``), so a run is
+    reproducible and resumable. Returns the trained model (the EMA copy when
+    ``ema_decay`` is set) and a :class:`FitResult`. With ``checkpoint_dir``, a
+    checkpoint is written every ``checkpoint_every`` steps and a run resumes from it.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    accelerator = accelerator or Accelerator()
+    device = accelerator.device
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    result, start = FitResult(), 0
+    if checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, ema=ema)
+        if state is not None:
+            start = state["step"]
+            result.losses = state["losses"]
+            result.seconds = state["seconds"]
+            generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+    schedule = lambda s: cosine_lr(s, steps=steps, warmup=warmup)  # noqa: E731
+    if start:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start - 1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress,
+               mininterval=2.0, dynamic_ncols=True)
+    t0 = time.perf_counter() - result.seconds
+    for step in bar:
+        loss = loss_fn(model, generator, device)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema_update(ema, accelerator.unwrap_model(model), decay=min(ema_decay, (1 + step) / (10 + step)))
+        value = float(loss.detach())
+        result.losses.append(value)
+        if callback is not None:
+            callback(step, value)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            recent = float(np.mean(result.losses[-log_every:]))
+            bar.set_postfix(loss=f"{recent:.4f}")
+            if log_file is not None:
+                with open(log_file, "a") as f:
+                    f.write(f"{desc},{step + 1},{recent:.6f},{time.perf_counter() - t0:.1f}\n")
+        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save_checkpoint(checkpoint_dir, model=accelerator.unwrap_model(model), optimizer=optimizer, ema=ema,
+                            state={"step": step + 1, "losses": result.losses, "seconds": time.perf_counter() - t0,
+                                   "generator": generator.get_state().tolist()})
+    result.seconds = time.perf_counter() - t0
+    result.steps = steps
+    trained = accelerator.unwrap_model(model)
+    trained.eval()
+    if ema is not None:
+        ema.eval()
+        return ema, result
+    return trained, result
+
+
+# --------------------------------------------------------------------------------------
+# Data: the toy world as tensors.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorldData:
+    """A pool of rendered scenes: ``images`` [N, 3, H, W] uint8 and their ``scenes``."""
+
+    images: torch.Tensor
+    scenes: list[world.Scene]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def render_pool(seed: int, count: int, *, resolution: int = 64, two_object_prob: float = 0.35,
+                progress: bool = False) -> WorldData:
+    """Render items 0 .. count-1 of the world with ``seed`` (captions are drawn later, per step)."""
+    from tqdm.auto import tqdm
+
+    images = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
+    scenes = []
+    for i in tqdm(range(count), desc="render", disable=not progress, mininterval=2.0):
+        rng = np.random.default_rng([seed, i])
+        scene = world.sample_scene(rng, two_object_prob=two_object_prob)
+        images[i], _ = world.render(scene, resolution=resolution)
+        scenes.append(scene)
+    return WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), scenes)
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] in 0..255 -> float32 in [-1, 1]: x / 127.5 - 1."""
+    return images_uint8.float() / 127.5 - 1
+
+
+def draw_captions(scenes: list[world.Scene], rng: np.random.Generator, *, empty_prob: float = 0.0) -> list[str]:
+    """A fresh caption for each scene (full or partial, see :func:`sdlearn.world.caption`).
+
+    With probability ``empty_prob`` the caption is ``""``: the unconditional case that
+    classifier-free guidance needs at sampling time.
+    """
+    return ["" if empty_prob and rng.random() < empty_prob else world.caption(s, rng)[0] for s in scenes]
+
+
+def tokenize(tokenizer, captions: list[str], device: torch.device | str = "cpu", *,
+             padding: str = "max_length") -> torch.Tensor:
+    """Captions -> input ids [B, max_length], padded and truncated as SD does.
+
+    ``padding="longest"`` pads only to the longest caption of the batch. CLIP's text
+    encoder is causal and pools at the first EOS, so its pooled output is the same
+    either way, for a fraction of the compute (used for contrastive training).
+    """
+    return tokenizer(captions, padding=padding, max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+# --------------------------------------------------------------------------------------
+# The three objectives.
+# --------------------------------------------------------------------------------------
+
+
+def clip_loss_fn(data: WorldData, tokenizer, *, batch_size: int) -> Callable:
+    """Loss function for :func:`fit`: CLIP's symmetric contrastive loss on a random batch."""
+
+    def loss_fn(model, generator, device):
+        idx = torch.randint(len(data), (batch_size,), generator=generator)
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        input_ids = tokenize(tokenizer, draw_captions([data.scenes[i] for i in idx.tolist()], rng), device,
+                             padding="longest")
+        pixels = to_model_range(data.images[idx]).to(device)
+        return model(input_ids=input_ids, pixel_values=pixels, return_loss=True).loss
+
+    return loss_fn
+
+
+def vae_loss(vae, images: torch.Tensor, *, kl_weight: float, generator: torch.Generator | None = None):
+    """The VAE objective: ||x - decode(z)||^2 + kl_weight * KL(q(z|x) || N(0, I)), z ~ q(z|x).
+
+    images: [B, 3, H, W] in [-1, 1]. Returns (loss, reconstruction MSE, KL per image).
+    """
+    posterior = vae.encode(images).latent_dist
+    z = posterior.sample(generator=generator)
+    reconstruction = vae.decode(z).sample
+    mse = F.mse_loss(reconstruction, images)
+    kl = posterior.kl().mean()
+    return mse + kl_weight * kl, mse, kl
+
+
+def vae_loss_fn(data: WorldData, *, batch_size: int, kl_weight: float) -> Callable:
+    """Loss function for :func:`fit`: :func:`vae_loss` on a random batch of the pool."""
+
+    def loss_fn(model, generator, device):
+        idx = torch.randint(len(data), (batch_size,), generator=generator)
+        images = to_model_range(data.images[idx]).to(device)
+        return vae_loss(model, images, kl_weight=kl_weight)[0]
+
+    return loss_fn
+
+
+def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stable Diffusion's training objective on one batch (Ho et al. 2020, eq. 14).
+
+    latents: [B, 4, h, w], already multiplied by the VAE's ``scaling_factor``.
+    encoder_hidden_states: [B, L, D], the text encoder's last hidden state.
+    t ~ U{0, ..., T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+    loss = || eps - eps_theta(x_t, t, c) ||^2 (mean over all elements).
+    """
+    b = latents.shape[0]
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    t, noise = t.to(latents.device), noise.to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    noise_pred = unet(noisy, t, encoder_hidden_states=encoder_hidden_states).sample
+    return F.mse_loss(noise_pred.float(), noise.float())
+
+
+@dataclass
+class LatentData:
+    """Pre-encoded training data for the UNet: latent posteriors and a table of text embeddings.
+
+    ``mean``/``std``: [N, 4, h, w], the VAE posterior of each image (unscaled).
+    ``table``: [K, L, D] text embeddings of every caption in ``caption_index`` (K captions).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    scenes: list[world.Scene]
+    table: torch.Tensor
+    caption_index: dict[str, int]
+    scaling_factor: float
+
+
+@torch.no_grad()
+def encode_pool(vae, data: WorldData, *, batch_size: int = 256, device: torch.device | str = "cpu",
+                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior mean and std of every image in the pool: two [N, 4, H/8, W/8] tensors."""
+    from tqdm.auto import tqdm
+
+    means, stds = [], []
+    for start in tqdm(range(0, len(data), batch_size), desc="encode", disable=not progress, mininterval=2.0):
+        dist = vae.encode(to_model_range(data.images[start:start + batch_size]).to(device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def all_captions() -> list[str]:
+    """Every caption :func:`sdlearn.world.caption` can produce, plus the empty one."""
+    captions: set[str] = {""}
+    colours, shapes, sizes = list(world.COLOURS), world.SHAPES, list(world.SIZES)
+    for c in colours:
+        for s in shapes:
+            for z in sizes:
+                for p in world.POSITIONS:
+                    obj = world.Obj(c, s, z, p, (0.5, 0.5), 0.1)
+                    for mask in range(8):
+                        named = {"shape": s}
+                        if mask & 1:
+                            named["colour"] = c
+                        if mask & 2:
+                            named["size"] = z
+                        if mask & 4:
+                            named["position"] = p
+                        captions.add(world._object_phrase(obj, named))
+    for pair in world.PAIRS:
+        for order in (pair, pair[::-1]):
+            for c1 in colours:
+                for c2 in colours:
+                    if c1 == c2:
+                        continue
+                    for s1 in shapes:
+                        for s2 in shapes:
+                            for z1 in [None] + sizes:
+                                for z2 in ([None] if z1 is None else sizes):
+                                    o1 = world.Obj(c1, s1, z1 or "small", order[0], (0, 0), 0)
+                                    o2 = world.Obj(c2, s2, z2 or "small", order[1], (0, 0), 0)
+                                    n1 = {"colour": c1, "shape": s1, "position": order[0], **({"size": z1} if z1 else {})}
+                                    n2 = {"colour": c2, "shape": s2, "position": order[1], **({"size": z2} if z2 else {})}
+                                    captions.add(world._object_phrase(o1, n1) + " and " + world._object_phrase(o2, n2))
+    return sorted(captions)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Text embeddings the UNet is conditioned on: last_hidden_state, [len(prompts), L, D]."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids = tokenize(tokenizer, prompts[start:start + batch_size], device)
+        out.append(text_encoder(ids).last_hidden_state.cpu())
+    return torch.cat(out)
+
+
+def unet_loss_fn(data: LatentData, noise_scheduler, *, batch_size: int, empty_prob: float = 0.1) -> Callable:
+    """Loss function for :func:`fit`: :func:`diffusion_loss` on a random batch.
+
+    Each image gets a freshly drawn caption (full or partial), and with probability
+    ``empty_prob`` the empty caption, so the model also learns the unconditional
+    prediction that classifier-free guidance needs.
+    """
+
+    def loss_fn(model, generator, device):
+        idx = torch.randint(len(data.scenes), (batch_size,), generator=generator)
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        captions = draw_captions([data.scenes[i] for i in idx.tolist()], rng, empty_prob=empty_prob)
+        emb = data.table[[data.caption_index[c] for c in captions]].to(device)
+        eps = torch.randn(data.mean[idx].shape, generator=generator)
+        latents = (data.mean[idx] + data.std[idx] * eps) * data.scaling_factor
+        return diffusion_loss(model, noise_scheduler, latents.to(device), emb, generator=generator)
+
+    return loss_fn

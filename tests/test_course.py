@@ -1,0 +1,49 @@
+"""course.py, the script behind the README's two commands."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def course():
+    spec = importlib.util.spec_from_file_location("course", ROOT / "course.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torch_choice_follows_the_machine(course, monkeypatch):
+    monkeypatch.delenv("SDLEARN_TORCH", raising=False)
+    monkeypatch.setattr(course, "has_nvidia_gpu", lambda: False)
+    assert course.choose_torch() == "cpu"
+    monkeypatch.setattr(course, "has_nvidia_gpu", lambda: True)
+    assert course.choose_torch() == "cuda"
+
+
+def test_torch_choice_can_be_forced(course, monkeypatch):
+    monkeypatch.setattr(course, "has_nvidia_gpu", lambda: True)
+    monkeypatch.setenv("SDLEARN_TORCH", "CPU")
+    assert course.choose_torch() == "cpu"
+    monkeypatch.setenv("SDLEARN_TORCH", "rocm")
+    with pytest.raises(SystemExit, match="SDLEARN_TORCH must be cpu, cuda or skip, got 'rocm'"):
+        course.choose_torch()
+
+
+def test_no_gpu_on_linux_never_asks_pypi_for_plain_torch(course, monkeypatch, tmp_path):
+    """Without a GPU, the set-up asks for the CPU wheel, never for PyPI's default (CUDA) torch."""
+    calls = []
+    monkeypatch.setattr(course.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(course, "torch_installed", lambda py: None)
+    monkeypatch.setattr(course, "run", lambda *args, check=True: calls.append([str(a) for a in args]) or 1)
+    course.install_torch(tmp_path / "python", "cpu")
+    assert calls[0][-1] == f"torch=={course.TORCH_VERSION}+cpu"
+    assert calls[1][-3:] == ["torch", "--index-url", course.TORCH_CPU_INDEX]
+
+
+def test_usage_without_a_command(course, capsys):
+    assert course.main([]) == 2
+    assert "python3 course.py lab" in capsys.readouterr().out

@@ -1,0 +1,79 @@
+"""The project's own files: dependencies declared once and mirrored, notebooks kept clean."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAX_NOTEBOOK_BYTES = 3_000_000
+# conda-forge names that differ from PyPI's
+CONDA_TO_PIP = {"pytorch": "torch"}
+
+
+def _split(req: str) -> tuple[str, str]:
+    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", req)
+    return m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
+
+
+def pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    return dict(_split(r) for r in reqs)
+
+
+def conda_requirements() -> dict[str, str]:
+    deps = {}
+    in_deps = False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        if line.startswith("dependencies:"):
+            in_deps = True
+            continue
+        m = re.match(r"^  - ([^:]+)$", line) if in_deps else None
+        if m:
+            name, spec = _split(m.group(1))
+            if name not in {"python", "pip"}:
+                deps[CONDA_TO_PIP.get(name, name)] = spec
+    return deps
+
+
+def test_environment_yml_mirrors_pyproject():
+    assert conda_requirements() == pyproject_requirements()
+
+
+def test_course_script_pins_the_torch_it_tests_with():
+    text = (ROOT / "course.py").read_text()
+    version = re.search(r'TORCH_VERSION = "([\d.]+)"', text).group(1)
+    lower = pyproject_requirements()["torch"]
+    assert lower.startswith(">=") and version.startswith(lower[2:])
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "python3 course.py test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 course.py test" in readme and "python3 course.py lab" in readme
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ has no notebooks"
+    assert NOTEBOOKS[0].name.startswith("00_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_hygiene(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), \
+        "execution counts are not 1..n: do Kernel > Restart & Run All, then save"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name} is over {MAX_NOTEBOOK_BYTES} bytes"
+    for cell in code:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"a stored output is an error: {out.get('ename')}"
+            text = "".join(out.get("text", "")) if out["output_type"] == "stream" else ""
+            assert "Successfully installed" not in text and "Requirement already satisfied" not in text, \
+                "pip logs in stored outputs"
+            assert "it/s]" not in text, "a progress bar was stored: disable it for stored outputs"
