@@ -150,6 +150,8 @@ def main(argv: list[str]) -> int:
     if command == "lab":
         start = ROOT / "notebooks" / "00_start_here.ipynb"
         say("opening the course in JupyterLab (Ctrl+C to stop)")
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+            extra = ["--allow-root", *extra]  # containers and cloud notebooks often run as root
         return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), *extra], env=env_for(py), cwd=ROOT)
     env = env_for(py)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub

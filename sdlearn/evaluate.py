@@ -167,7 +167,7 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     pipe.set_progress_bar_config(disable=True)
     report: dict = {"model": str(model_dir), "steps": steps, "guidance_scale": guidance_scale}
     report["vae_psnr_db"] = round(vae_psnr(pipe.vae), 2)
-    clip = CLIPModel.from_pretrained(model_dir / "clip", torch_dtype=torch.float32).eval()
+    clip = CLIPModel.from_pretrained(model_dir / "clip", dtype=torch.float32).eval()
     report["clip_zero_shot"] = {k: round(v, 4) for k, v in clip_zero_shot(clip, pipe.tokenizer).items()}
     following = prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, progress=progress)
     report["prompt_following"] = {k: {a: round(v, 4) if isinstance(v, float) else v for a, v in r.items()}

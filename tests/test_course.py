@@ -47,3 +47,15 @@ def test_no_gpu_on_linux_never_asks_pypi_for_plain_torch(course, monkeypatch, tm
 def test_usage_without_a_command(course, capsys):
     assert course.main([]) == 2
     assert "python3 course.py lab" in capsys.readouterr().out
+
+
+def test_lab_opens_the_first_notebook(course, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
+    monkeypatch.setattr(course.subprocess, "call", lambda args, **kw: calls.append(args) or 0)
+    monkeypatch.setattr(course.os, "geteuid", lambda: 0)
+    assert course.main(["lab", "--port", "8899"]) == 0
+    args = calls[0]
+    assert args[1:3] == ["-m", "jupyter"] and args[3] == "lab"
+    assert args[4].endswith("notebooks/00_start_here.ipynb")
+    assert "--allow-root" in args and args[-2:] == ["--port", "8899"]  # as root (containers), JupyterLab needs it
