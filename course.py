@@ -4,6 +4,10 @@
     python3 course.py lab      # set up (first time only) and open the course in JupyterLab
     python3 course.py test     # set up (first time only) and run the unit tests and every notebook
 
+For authors and teachers who change a notebook:
+
+    python3 course.py execute notebooks/02_vae.ipynb ...   # Restart & Run All, saved in place
+
 Set-up makes a virtual environment in .venv (override: SDLEARN_VENV=path), installs a
 PyTorch build that fits the machine (see choose_torch below), then this project with its
 test tools. It remembers what it installed and does nothing the second time unless
@@ -139,14 +143,40 @@ def env_for(py: Path) -> dict[str, str]:
     return env
 
 
+def execute_notebooks(py: Path, paths: list[str]) -> int:
+    """Re-run notebooks from a fresh kernel and save them in place: the stored outputs nbval checks.
+
+    Like Kernel > Restart & Run All, on the bundled model and the CPU whatever the machine
+    has, so that the stored outputs are the ones CI reproduces.
+    """
+    if not paths:
+        say("name the notebooks to execute, e.g. python3 course.py execute notebooks/*.ipynb")
+        return 2
+    env = env_for(py)
+    env.pop("SDLEARN_MODEL", None)          # stored outputs come from the bundled model
+    env["SDLEARN_DEVICE"] = "cpu"           # ... on a CPU, as CI runs them
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("MPLBACKEND", "Agg")
+    for path in paths:
+        say(f"executing {path}")
+        code = subprocess.call([str(py), "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                                "--ExecutePreprocessor.timeout=1200", "--ExecutePreprocessor.kernel_name=python3",
+                                path], env=env, cwd=ROOT)
+        if code:
+            return code
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"lab", "test", "setup"}:
+    if not argv or argv[0] not in {"lab", "test", "setup", "execute"}:
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
     py = setup()
     if command == "setup":
         return 0
+    if command == "execute":
+        return execute_notebooks(py, extra)
     if command == "lab":
         start = ROOT / "notebooks" / "00_start_here.ipynb"
         say("opening the course in JupyterLab (Ctrl+C to stop)")

@@ -6,12 +6,16 @@
 Prints, and returns as a dict:
 - VAE reconstruction PSNR on held-out images;
 - CLIP zero-shot accuracy on held-out single-object images, per attribute;
+- the guidance scale: prompt following at several classifier-free guidance scales on
+  *validation* prompts and seeds, and the scale that does best (:func:`guidance_sweep`);
 - prompt following of generated images, judged by :func:`sdlearn.world.judge` (pixel
   analysis against the world's definitions; no model involved), for full captions,
-  partial captions and two-object captions;
+  partial captions and two-object captions, on *held-out* prompts and seeds, at the chosen
+  scale and at Stable Diffusion's default 7.5;
 - seconds for one image (20 steps, classifier-free guidance) on this machine.
 
-Held-out data comes from seeds the recipe never trains on (1000 and up).
+Held-out data comes from seeds the recipe never trains on (1000 and up); the guidance
+scale is chosen on other prompts and seeds (11000 and up) than the ones it is then measured on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from . import train, world
 from .text import clip_image_features, clip_text_features
 
 HELD_OUT_SEED = 1000
+VALIDATION_SEED = HELD_OUT_SEED + 10_000   # prompts and seeds for choosing the guidance scale
+SD_DEFAULT_GUIDANCE = 7.5               # StableDiffusionPipeline's default guidance_scale
+SWEEP_SCALES = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -144,6 +151,26 @@ def prompt_following(pipe, *, count: int = 240, steps: int = 20, guidance_scale:
     return results
 
 
+def guidance_sweep(pipe, *, scales=SWEEP_SCALES, count: int = 180, steps: int = 20,
+                   seed: int = VALIDATION_SEED, progress: bool = False) -> dict[float, dict[str, float]]:
+    """Prompt following at each guidance scale, on validation prompts and seeds.
+
+    Returns ``{scale: {"full": rate, "partial": rate, "two": rate, "mean": mean of the three}}``,
+    each rate the share of generations with every named attribute right.
+    """
+    sweep = {}
+    for scale in scales:
+        result = prompt_following(pipe, count=count, steps=steps, guidance_scale=scale, seed=seed, progress=progress)
+        rates = {kind: r["all_named_right"] for kind, r in result.items()}
+        sweep[float(scale)] = {**rates, "mean": float(np.mean(list(rates.values())))}
+    return sweep
+
+
+def best_guidance(sweep: dict[float, dict[str, float]]) -> float:
+    """The scale of :func:`guidance_sweep` with the best mean rate (the smaller scale on a tie)."""
+    return max(sorted(sweep), key=lambda scale: (sweep[scale]["mean"], -scale))
+
+
 def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = 7.5, repeats: int = 5) -> float:
     """Median wall-clock seconds for one image (batch 1) on the pipeline's device."""
     times = []
@@ -155,23 +182,38 @@ def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = 7.5, rep
     return float(np.median(times[1:]))
 
 
-def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidance_scale: float = 7.5,
+def _rounded(following: dict) -> dict:
+    return {k: {a: round(v, 4) if isinstance(v, float) else v for a, v in r.items()} for k, r in following.items()}
+
+
+def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidance_scale: float | None = None,
              progress: bool = False) -> dict:
-    """Every measurement above, for the diffusers folder ``model_dir`` (fp32, CPU)."""
+    """Every measurement above, for the diffusers folder ``model_dir`` (fp32, CPU).
+
+    ``guidance_scale=None`` chooses it with :func:`guidance_sweep` on validation seeds; a
+    number skips the sweep.
+    """
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
 
     model_dir = Path(model_dir)
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, use_safetensors=True,
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    report: dict = {"model": str(model_dir), "steps": steps, "guidance_scale": guidance_scale}
+    report: dict = {"model": str(model_dir), "steps": steps}
     report["vae_psnr_db"] = round(vae_psnr(pipe.vae), 2)
     clip = CLIPModel.from_pretrained(model_dir / "clip", dtype=torch.float32).eval()
     report["clip_zero_shot"] = {k: round(v, 4) for k, v in clip_zero_shot(clip, pipe.tokenizer).items()}
-    following = prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, progress=progress)
-    report["prompt_following"] = {k: {a: round(v, 4) if isinstance(v, float) else v for a, v in r.items()}
-                                  for k, r in following.items()}
+    if guidance_scale is None:
+        sweep = guidance_sweep(pipe, steps=steps, progress=progress)
+        report["guidance_sweep"] = {str(k): {a: round(v, 4) for a, v in r.items()} for k, r in sweep.items()}
+        guidance_scale = best_guidance(sweep)
+    report["guidance_scale"] = guidance_scale
+    report["prompt_following"] = _rounded(
+        prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, progress=progress))
+    if guidance_scale != SD_DEFAULT_GUIDANCE:
+        report["prompt_following_at_sd_default"] = _rounded(
+            prompt_following(pipe, count=count, steps=steps, guidance_scale=SD_DEFAULT_GUIDANCE, progress=progress))
     report["seconds_per_image"] = round(seconds_per_image(pipe, steps=steps, guidance_scale=guidance_scale), 3)
     report["torch_threads"] = torch.get_num_threads()
     return report
@@ -184,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=BUNDLED_MODEL_DIR)
     parser.add_argument("--n", type=int, default=240, help="generations per prompt kind (default 240)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance scale (default: the best of a sweep on validation seeds)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--write-card", action="store_true",
                         help="write evaluation.json and the model card README.md into the model folder")

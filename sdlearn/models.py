@@ -61,6 +61,9 @@ KNOWN_SD1_MIRRORS = (
 
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
+# StableDiffusionPipeline's default classifier-free guidance scale, right for real SD 1.x.
+SD_GUIDANCE_SCALE = 7.5
+
 # Parameter counts of the published SD 1.5 weights; the replica built from configs/sd15 matches them.
 SD15_PARAMETER_COUNTS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
 
@@ -196,6 +199,27 @@ def parameters_by_block(unet: UNet2DConditionModel) -> dict[str, int]:
         counts[f"up_blocks.{i}"] = count_parameters(block)
     counts["other"] = count_parameters(unet) - sum(counts.values())
     return counts
+
+
+def recommended_guidance_scale(components: "SDComponents | str | None" = None) -> float:
+    """The classifier-free guidance scale to sample this model with.
+
+    A model folder built by ``sdlearn.recipe`` (the bundled model among them) records the
+    scale its evaluation chose, in ``evaluation.json`` (see its model card); any other model
+    (real SD 1.x, the replica) gets ``SD_GUIDANCE_SCALE``, diffusers' default 7.5.
+    ``components``: an ``SDComponents``, a model name as for :func:`load`, or None for
+    ``$SDLEARN_MODEL``.
+    """
+    name = components.name if isinstance(components, SDComponents) else resolve_model_name(components)
+    if name in (SD15_REPLICA, SD15_REPLICA_META):
+        return SD_GUIDANCE_SCALE
+    folder = BUNDLED_MODEL_DIR if name == BUNDLED else Path(name).expanduser()
+    report = folder / "evaluation.json"
+    if report.is_file():
+        scale = json.loads(report.read_text(encoding="utf-8")).get("guidance_scale")
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            return float(scale)
+    return SD_GUIDANCE_SCALE
 
 
 def resolve_model_name(model: str | None = None) -> str:
@@ -433,10 +457,10 @@ def _load_parts(
             source, subfolder="text_encoder", **{_transformers_dtype_kwarg(): dtype}, **model_kwargs
         ),
         "vae": lambda: AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, **model_kwargs
+            source, subfolder="vae", dtype=dtype, **model_kwargs
         ),
         "unet": lambda: UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, **model_kwargs
+            source, subfolder="unet", dtype=dtype, **model_kwargs
         ),
     }
     parts: dict[str, Any] = {}

@@ -59,3 +59,21 @@ def test_lab_opens_the_first_notebook(course, monkeypatch, tmp_path):
     assert args[1:3] == ["-m", "jupyter"] and args[3] == "lab"
     assert args[4].endswith("notebooks/00_start_here.ipynb")
     assert "--allow-root" in args and args[-2:] == ["--port", "8899"]  # as root (containers), JupyterLab needs it
+
+
+def test_execute_reruns_notebooks_on_the_bundled_model_and_cpu(course, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
+    monkeypatch.setattr(course.subprocess, "call", lambda args, **kw: calls.append((args, kw["env"])) or 0)
+    monkeypatch.setenv("SDLEARN_MODEL", "sd15-replica")
+    assert course.main(["execute", "notebooks/a.ipynb", "notebooks/b.ipynb"]) == 0
+    assert [args[-1] for args, _ in calls] == ["notebooks/a.ipynb", "notebooks/b.ipynb"]
+    args, env = calls[0]
+    assert args[1:5] == ["-m", "jupyter", "nbconvert", "--to"] and "--inplace" in args and "--execute" in args
+    assert "SDLEARN_MODEL" not in env and env["SDLEARN_DEVICE"] == "cpu"
+
+
+def test_execute_without_notebooks_says_how(course, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
+    assert course.main(["execute"]) == 2
+    assert "python3 course.py execute notebooks/" in capsys.readouterr().out

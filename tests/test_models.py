@@ -275,3 +275,20 @@ def test_hub_id_failing_after_the_index(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached_only_configs)
     with pytest.raises(ModelLoadError, match=rf"(?s){HUB_ID}.*while loading its scheduler.*offline.*bundled"):
         models.load(HUB_ID, device="cpu")
+
+
+def test_recommended_guidance_scale(tmp_path, monkeypatch):
+    from sdlearn.evaluate import SD_DEFAULT_GUIDANCE
+
+    assert models.SD_GUIDANCE_SCALE == SD_DEFAULT_GUIDANCE == 7.5
+    assert models.recommended_guidance_scale("sd15-replica") == 7.5
+    assert models.recommended_guidance_scale("stable-diffusion-v1-5/stable-diffusion-v1-5") == 7.5
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert models.recommended_guidance_scale(str(folder)) == 7.5  # no evaluation.json
+    (folder / "evaluation.json").write_text('{"guidance_scale": 3.0}')
+    assert models.recommended_guidance_scale(str(folder)) == 3.0
+    monkeypatch.setenv("SDLEARN_MODEL", str(folder))
+    assert models.recommended_guidance_scale() == 3.0
+    bundled = json.loads((models.BUNDLED_MODEL_DIR / "evaluation.json").read_text())["guidance_scale"]
+    assert models.recommended_guidance_scale("bundled") == bundled

@@ -135,8 +135,12 @@ def test_text_encoder_from_clip_equals_clip_text_tower(tmp_path):
 
 
 def test_recipe_scaled():
-    r = recipe.Recipe().scaled(0.01)
-    assert r.unet_steps == 25 and r.pool_size >= 256
+    full = recipe.Recipe()
+    r = full.scaled(0.01)
+    for name in ("clip_steps", "vae_steps", "unet_steps"):
+        assert getattr(r, name) == max(2, round(getattr(full, name) * 0.01)), name
+    assert r.pool_size == max(256, int(full.pool_size * 0.05))
+    assert r.unet_channels == full.unet_channels and r.seed == full.seed  # only the lengths change
 
 
 def test_clip_pooled_output_does_not_depend_on_padding(tmp_path):

@@ -1,0 +1,150 @@
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from sdlearn import models, pipeline
+
+
+@pytest.fixture(scope="module")
+def meta_replica():
+    return models.sd15_replica(meta=True)
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+
+def test_trace_matches_configs_on_tiny_components(tiny_components):
+    traced = pipeline.trace_shapes(tiny_components, batch_size=2)
+    assert traced == pipeline.config_shapes(tiny_components, batch_size=2)
+    # the tiny VAE downsamples by 2: 16x16 latents decode to 32x32 images
+    assert traced[-1].inputs["latents"] == (2, 4, 32, 32)
+    assert traced[-1].outputs["image"] == (2, 3, 64, 64)
+    assert traced[1].outputs["text_embeddings"] == (2, 77, 32)
+    assert [s.part for s in traced] == [
+        pipeline.TEXT_UNDERSTANDER,
+        pipeline.TEXT_UNDERSTANDER,
+        pipeline.IMAGE_INFORMATION_CREATOR,
+        pipeline.IMAGE_INFORMATION_CREATOR,
+        pipeline.IMAGE_DECODER,
+    ]
+
+
+def test_trace_on_meta_replica_gives_sd15_figures(meta_replica):
+    traced = pipeline.trace_shapes(meta_replica)
+    assert traced == pipeline.config_shapes(meta_replica)
+    assert traced[1].outputs["text_embeddings"] == (1, 77, 768)
+    assert traced[2].inputs["latent_model_input"] == (1, 4, 64, 64)
+    assert traced[-1].outputs["image"] == (1, 3, 512, 512)
+
+
+def test_trace_leaves_the_scheduler_alone(tiny_components):
+    scheduler = tiny_components.scheduler
+    before = None if scheduler.num_inference_steps is None else list(scheduler.timesteps)
+    pipeline.trace_shapes(tiny_components)
+    after = None if scheduler.num_inference_steps is None else list(scheduler.timesteps)
+    assert before == after
+
+
+def test_trace_rejects_bad_arguments(tiny_components):
+    with pytest.raises(TypeError, match="SDComponents"):
+        pipeline.trace_shapes(tiny_components.unet)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.config_shapes(tiny_components, batch_size=0)
+
+
+def test_format_shapes_puts_columns_side_by_side(tiny_components, meta_replica):
+    text = pipeline.format_shapes(
+        {"tiny": pipeline.trace_shapes(tiny_components), "SD 1.5": pipeline.config_shapes(meta_replica)}
+    )
+    line = next(line for line in text.splitlines() if "image" in line and "out" in line)
+    assert "[1, 3, 64, 64]" in line and "[1, 3, 512, 512]" in line
+    for part in pipeline.PARTS:
+        assert part in text
+
+
+def test_format_shapes_refuses_mismatched_columns(tiny_components):
+    shapes = pipeline.config_shapes(tiny_components)
+    with pytest.raises(ValueError, match="different stages"):
+        pipeline.format_shapes({"a": shapes, "b": shapes[:-1]})
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def test_breakdown_sums_to_the_component_counts(tiny_components, meta_replica):
+    for comp in (tiny_components, meta_replica):
+        breakdown = pipeline.parameter_breakdown(comp)
+        assert {k: sum(v.values()) for k, v in breakdown.items()} == comp.parameter_counts()
+    sd15 = pipeline.parameter_breakdown(meta_replica)
+    assert {k: sum(v.values()) for k, v in sd15.items()} == models.SD15_PARAMETER_COUNTS
+    assert set(sd15["vae"]) >= {"encoder", "decoder"}
+
+
+def test_format_parameters_marks_missing_blocks(tiny_components, meta_replica):
+    text = pipeline.format_parameters(
+        {"tiny": pipeline.parameter_breakdown(tiny_components), "SD 1.5": pipeline.parameter_breakdown(meta_replica)}
+    )
+    lines = text.splitlines()
+    down3 = next(line for line in lines if "down_blocks.3" in line)
+    assert down3.split()[-2] == "-"  # the tiny UNet has 2 stages, SD 1.5 has 4
+    assert lines.index(down3) < next(i for i, line in enumerate(lines) if "mid_block" in line)
+    assert f"{sum(models.SD15_PARAMETER_COUNTS.values()):,}" in lines[-1]
+
+
+def test_ordered_union_keeps_data_flow_order():
+    merged = pipeline._ordered_union([["d0", "d1", "mid", "u0", "u1"], ["d0", "d1", "d2", "mid", "u0", "u1", "u2"]])
+    assert merged == ["d0", "d1", "d2", "mid", "u0", "u1", "u2"]
+
+
+# --- FLOPs --------------------------------------------------------------------------------------
+
+
+def test_unet_flops_of_sd15_and_its_pixel_twin(meta_replica):
+    config = meta_replica.unet.config
+    latent = pipeline.unet_flops(config, sample_shape=(1, 4, 64, 64), text_shape=(1, 77, 768))
+    assert latent["total"] == sum(v for k, v in latent.items() if k != "total")
+    assert 7e11 < latent["total"] < 9e11  # SD 1.5: about 0.8 TFLOPs per UNet call at 512x512
+    assert latent["attention"] > 0  # counted on meta, where attention is not a fused kernel
+    pixel_config = {**config, "in_channels": 3, "out_channels": 3, "sample_size": 512}
+    pixel = pipeline.unet_flops(pixel_config, sample_shape=(1, 3, 512, 512), text_shape=(1, 77, 768))
+    # convolutions scale with the number of positions: 8x8 = 64 times more
+    assert pixel["convolution"] / latent["convolution"] == pytest.approx(64, rel=0.01)
+    # self-attention scales with positions squared (64^2), cross-attention linearly
+    assert 64 < pixel["attention"] / latent["attention"] <= 64**2
+
+
+def test_unet_flops_doubles_with_the_batch(tiny_components):
+    config = tiny_components.unet.config
+    one = pipeline.unet_flops(config, sample_shape=(1, 4, 32, 32), text_shape=(1, 77, 32))
+    two = pipeline.unet_flops(config, sample_shape=(2, 4, 32, 32), text_shape=(2, 77, 32))
+    assert two["total"] == 2 * one["total"]
+
+
+def test_unet_flops_says_what_to_do_on_channel_mismatch(tiny_components):
+    with pytest.raises(ValueError, match="in_channels"):
+        pipeline.unet_flops(tiny_components.unet.config, sample_shape=(1, 3, 64, 64), text_shape=(1, 77, 32))
+    with pytest.raises(ValueError, match="batch size"):
+        pipeline.unet_flops(tiny_components.unet.config, sample_shape=(2, 4, 32, 32), text_shape=(1, 77, 32))
+
+
+# --- UNet calls ---------------------------------------------------------------------------------
+
+
+def _pipe(c):
+    pipe = StableDiffusionPipeline(
+        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("guidance_scale, expected", [(7.5, [2, 2, 2]), (1.0, [1, 1, 1])])
+def test_record_unet_calls_sees_classifier_free_guidance(tiny_components, guidance_scale, expected):
+    pipe = _pipe(tiny_components)
+    with pipeline.record_unet_calls(pipe.unet) as calls:
+        pipe("a red circle", num_inference_steps=3, guidance_scale=guidance_scale, height=32, width=32,
+             generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert calls == expected
+    pipe.unet(torch.zeros(1, 4, 16, 16), 1, encoder_hidden_states=torch.zeros(1, 77, 32))
+    assert calls == expected  # the hook is gone after the with block
