@@ -182,7 +182,10 @@ def main(argv: list[str]) -> int:
         say("opening the course in JupyterLab (Ctrl+C to stop)")
         if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
             extra = ["--allow-root", *extra]  # containers and cloud notebooks often run as root
-        return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), *extra], env=env_for(py), cwd=ROOT)
+        # root_dir: the repository, not notebooks/ (JupyterLab's default for a file argument),
+        # so that the notebooks' diagrams in ../images/ are served too.
+        return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), f"--ServerApp.root_dir={ROOT}", *extra],
+                               env=env_for(py), cwd=ROOT)
     env = env_for(py)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
     env.setdefault("MPLBACKEND", "Agg")

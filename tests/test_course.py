@@ -58,6 +58,7 @@ def test_lab_opens_the_first_notebook(course, monkeypatch, tmp_path):
     args = calls[0]
     assert args[1:3] == ["-m", "jupyter"] and args[3] == "lab"
     assert args[4].endswith("notebooks/00_start_here.ipynb")
+    assert f"--ServerApp.root_dir={course.ROOT}" in args  # else ../images/*.svg in the notebooks are not served
     assert "--allow-root" in args and args[-2:] == ["--port", "8899"]  # as root (containers), JupyterLab needs it
 
 
