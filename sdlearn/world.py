@@ -309,20 +309,18 @@ def analyse(image: np.ndarray, *, min_area: int | None = None, threshold: float 
     return sorted(found, key=lambda d: -d.area)
 
 
-def judge(image: np.ndarray, named: list[dict[str, str]]) -> list[dict[str, bool]]:
-    """For each object a prompt describes, which of its named attributes the image gets right.
+def match(detections: list[Detection], named: list[dict[str, str]]) -> list[Detection | None]:
+    """For each object a prompt describes, the detection it is compared with (None if none is left).
 
-    named: per object, the attributes the prompt names (as returned by :func:`caption`).
-    One object: the largest detection is compared. Two objects: each is compared with the
-    detection at its named position (or, failing that, the next largest unused one).
-    Returns, per object, ``{attribute: right}``; an object with no detection gets all False.
+    detections: from :func:`analyse`, largest first; named: per object, the attributes the
+    prompt names. One object: the largest detection. Two objects: each takes the detection at
+    its named position among the ``len(named) + 1`` largest, or failing that the next largest
+    unused one.
     """
-    detections = analyse(image)
-    results: list[dict[str, bool]] = []
     if len(named) == 1:
-        d = detections[0] if detections else None
-        return [{a: d is not None and getattr(d, a) == v for a, v in named[0].items()}]
+        return [detections[0] if detections else None]
     used: set[int] = set()
+    matched: list[Detection | None] = []
     for want in named:
         pick = next((i for i, d in enumerate(detections[:len(named) + 1])
                      if i not in used and d.position == want.get("position")), None)
@@ -330,6 +328,16 @@ def judge(image: np.ndarray, named: list[dict[str, str]]) -> list[dict[str, bool
             pick = next((i for i in range(len(detections)) if i not in used), None)
         if pick is not None:
             used.add(pick)
-        d = detections[pick] if pick is not None else None
-        results.append({a: d is not None and getattr(d, a) == v for a, v in want.items()})
-    return results
+        matched.append(detections[pick] if pick is not None else None)
+    return matched
+
+
+def judge(image: np.ndarray, named: list[dict[str, str]]) -> list[dict[str, bool]]:
+    """For each object a prompt describes, which of its named attributes the image gets right.
+
+    named: per object, the attributes the prompt names (as returned by :func:`caption`).
+    Each object is compared with the detection :func:`match` picks for it.
+    Returns, per object, ``{attribute: right}``; an object with no detection gets all False.
+    """
+    return [{a: d is not None and getattr(d, a) == v for a, v in want.items()}
+            for want, d in zip(named, match(analyse(image), named))]

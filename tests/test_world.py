@@ -85,3 +85,13 @@ def test_bad_input():
         world.analyse(np.zeros((64, 64, 3), np.float32))
     with pytest.raises(ValueError, match=">= 0"):
         world.sample(-1, 0)
+
+
+def test_match_pairs_each_named_object_with_its_detection():
+    s = next(s for s in world.batch(3, 0, 40, two_object_prob=1.0, full_caption=True) if len(s.named) == 2)
+    matched = world.match(world.analyse(s.image), s.named)
+    assert [d.position for d in matched] == [n["position"] for n in s.named]
+    assert [d.colour for d in matched] == [n["colour"] for n in s.named]
+    blank = np.full((64, 64, 3), 230, dtype=np.uint8)  # nothing to detect
+    assert world.match(world.analyse(blank), s.named) == [None, None]
+    assert world.judge(blank, s.named) == [{a: False for a in n} for n in s.named]
