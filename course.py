@@ -20,6 +20,7 @@ Environment variables:
     SDLEARN_TORCH=cpu|cuda|skip   force the kind of PyTorch build (skip: keep what is there)
     SDLEARN_VENV=path             where the virtual environment lives (default .venv)
     SDLEARN_MODEL=...             which model the notebooks use (see README)
+    SDLEARN_REQUIRE_BROWSER=1     fail, not skip, the browser test of the widgets when Chromium is missing (CI)
 """
 
 from __future__ import annotations
@@ -135,6 +136,35 @@ def setup() -> Path:
     return py
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> bool:
+    """Make sure Debian's Chromium is there for the browser test of the widgets; True if it is.
+
+    The test drives the system's Chromium with Playwright and never downloads a browser of
+    its own. On Debian/Ubuntu as root, a missing Chromium is installed with apt-get (as on
+    the course's CI machines); elsewhere this says how, and the test is skipped (or fails
+    when SDLEARN_REQUIRE_BROWSER=1).
+    """
+    if CHROMIUM.exists():
+        return True
+    apt = shutil.which("apt-get")
+    if platform.system() != "Linux" or apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        say(f"{CHROMIUM} not found: the browser test of the widgets will be skipped. "
+            "Install Chromium (Debian/Ubuntu: sudo apt-get install chromium) to run it.")
+        return False
+    say("installing Debian's chromium for the browser test of the widgets (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ok = subprocess.run([apt, "-q", "update"], env=env).returncode == 0
+    ok = ok and subprocess.run([apt, "-q", "install", "-y", "--no-install-recommends", "chromium"],
+                               env=env).returncode == 0
+    if not ok or not CHROMIUM.exists():
+        say("could not install chromium with apt-get: the browser test will be skipped")
+        return False
+    return True
+
+
 def env_for(py: Path) -> dict[str, str]:
     env = dict(os.environ)
     bin_dir = str(py.parent)
@@ -186,6 +216,7 @@ def main(argv: list[str]) -> int:
         # so that the notebooks' diagrams in ../images/ are served too.
         return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), f"--ServerApp.root_dir={ROOT}", *extra],
                                env=env_for(py), cwd=ROOT)
+    ensure_chromium()
     env = env_for(py)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
     env.setdefault("MPLBACKEND", "Agg")

@@ -115,3 +115,13 @@ def tiny_model_dir(tiny_components, tmp_path_factory):
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_left_as_found():
+    """A test (or the code it calls) that switches autograd off globally breaks every later test that trains."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left switched off (torch.set_grad_enabled(False) without restoring it); "
+                    "use `with torch.no_grad():` instead")

@@ -78,3 +78,40 @@ def test_execute_without_notebooks_says_how(course, monkeypatch, tmp_path, capsy
     monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
     assert course.main(["execute"]) == 2
     assert "python3 course.py execute notebooks/" in capsys.readouterr().out
+
+
+def test_chromium_present_is_left_alone(course, monkeypatch, tmp_path):
+    chromium = tmp_path / "chromium"
+    chromium.touch()
+    monkeypatch.setattr(course, "CHROMIUM", chromium)
+    monkeypatch.setattr(course.subprocess, "run", lambda *a, **k: pytest.fail("nothing to install"))
+    assert course.ensure_chromium() is True
+
+
+def test_chromium_is_installed_with_apt_as_root(course, monkeypatch, tmp_path):
+    chromium = tmp_path / "chromium"
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        if "install" in args:
+            chromium.touch()
+        return course.subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(course, "CHROMIUM", chromium)
+    monkeypatch.setattr(course.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(course.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    monkeypatch.setattr(course.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(course.subprocess, "run", fake_run)
+    assert course.ensure_chromium() is True
+    assert calls[-1][-4:] == ["install", "-y", "--no-install-recommends", "chromium"]
+
+
+def test_chromium_missing_without_root_says_how(course, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(course, "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.setattr(course.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(course.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(course.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(course.subprocess, "run", lambda *a, **k: pytest.fail("no apt-get without root"))
+    assert course.ensure_chromium() is False
+    assert "sudo apt-get install chromium" in capsys.readouterr().out
