@@ -13,6 +13,10 @@ Stable Diffusion is trained in stages, and so is the teaching model:
 device (CPU, one GPU or several), AdamW with warm-up and cosine decay, an exponential
 moving average of the weights if asked, a progress bar, a loss log, and checkpoints in
 safetensors to resume from.
+
+The training notebook (09) trains a smaller UNet with the same functions; for it this module
+also has :func:`small_unet_config` (the recipe's UNet at any width), :func:`captions_for` (the
+prompt table a small pool needs) and :class:`LiveLoss` (a loss curve redrawn while ``fit`` runs).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +36,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import world
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # --------------------------------------------------------------------------------------
 # Checkpoints, in safetensors (no pickles anywhere in the project).
@@ -127,6 +135,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
     reproducible and resumable. Returns the trained model (the EMA copy when
     ``ema_decay`` is set) and a :class:`FitResult`. With ``checkpoint_dir``, a
     checkpoint is written every ``checkpoint_every`` steps and a run resumes from it.
+
+    Under ``accelerate launch`` with several processes, process ``i`` seeds its generator with
+    ``seed + i`` (so each GPU draws its own batches: one process is exactly the single-device
+    run), and only the main process writes checkpoints and the loss log.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -138,7 +150,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    rank = accelerator.process_index
+    generator = torch.Generator(device="cpu").manual_seed(seed + rank)   # one stream of batches per process
     result, start = FitResult(), 0
     if checkpoint_dir is not None:
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, ema=ema)
@@ -146,7 +159,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
             start = state["step"]
             result.losses = state["losses"]
             result.seconds = state["seconds"]
-            generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+            if rank == 0:
+                generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+            else:  # the checkpoint holds the main process's stream; the others start fresh, distinct ones
+                generator.manual_seed(seed + rank + 1_000_003 * start)
     schedule = lambda s: cosine_lr(s, steps=steps, warmup=warmup)  # noqa: E731
     if start:
         for group in optimizer.param_groups:
@@ -172,10 +188,11 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
         if (step + 1) % log_every == 0 or step + 1 == steps:
             recent = float(np.mean(result.losses[-log_every:]))
             bar.set_postfix(loss=f"{recent:.4f}")
-            if log_file is not None:
+            if log_file is not None and accelerator.is_main_process:
                 with open(log_file, "a") as f:
                     f.write(f"{desc},{step + 1},{recent:.6f},{time.perf_counter() - t0:.1f}\n")
-        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+        if (checkpoint_dir is not None and accelerator.is_main_process
+                and ((step + 1) % checkpoint_every == 0 or step + 1 == steps)):
             save_checkpoint(checkpoint_dir, model=accelerator.unwrap_model(model), optimizer=optimizer, ema=ema,
                             state={"step": step + 1, "losses": result.losses, "seconds": time.perf_counter() - t0,
                                    "generator": generator.get_state().tolist()})
@@ -326,14 +343,19 @@ class LatentData:
 @torch.no_grad()
 def encode_pool(vae, data: WorldData, *, batch_size: int = 256, device: torch.device | str = "cpu",
                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE posterior mean and std of every image in the pool: two [N, 4, H/8, W/8] tensors."""
+    """VAE posterior mean and std of every image in the pool: two float32 [N, 4, H/8, W/8] tensors.
+
+    The images go in at the VAE's own dtype (float16 on a GPU works); the results come back in
+    float32 on the CPU, ready for a float32 training loop.
+    """
     from tqdm.auto import tqdm
 
     means, stds = [], []
     for start in tqdm(range(0, len(data), batch_size), desc="encode", disable=not progress, mininterval=2.0):
-        dist = vae.encode(to_model_range(data.images[start:start + batch_size]).to(device)).latent_dist
-        means.append(dist.mean.cpu())
-        stds.append(dist.std.cpu())
+        images = to_model_range(data.images[start:start + batch_size]).to(device, vae.dtype)
+        dist = vae.encode(images).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -402,3 +424,150 @@ def unet_loss_fn(data: LatentData, noise_scheduler, *, batch_size: int, empty_pr
         return diffusion_loss(model, noise_scheduler, latents.to(device), emb, generator=generator)
 
     return loss_fn
+
+
+# --------------------------------------------------------------------------------------
+# For the training notebook: a small UNet, the captions a pool needs, a live loss curve.
+# --------------------------------------------------------------------------------------
+
+
+def small_unet_config(*, sample_size: int, cross_attention_dim: int, channels: Sequence[int] = (32, 64, 64),
+                      heads: int = 4, latent_channels: int = 4, norm_num_groups: int = 32) -> dict:
+    """Keyword arguments for a ``UNet2DConditionModel`` built like the bundled one, at any width.
+
+    ``len(channels)`` levels of one ResNet each; every level but the deepest also has a
+    transformer block whose cross-attention reads the text (as in SD 1.x, whose deepest level
+    has none either), so latents of side ``sample_size`` go down to
+    ``sample_size / 2**(len(channels) - 1)`` and back. ``sample_size``: the latent side
+    (``unet.config.sample_size``); ``cross_attention_dim``: the text encoder's width
+    (``text_encoder.config.hidden_size``); ``heads``: attention heads per layer.
+
+    With the recipe's numbers (``sample_size=8, cross_attention_dim=128, channels=(64, 128, 128),
+    heads=4``) this is exactly :func:`sdlearn.recipe.unet_config`, the bundled UNet.
+    """
+    channels = [int(c) for c in channels]
+    if len(channels) < 2:
+        raise ValueError(f"channels={channels} has {len(channels)} level(s); a conditioned UNet needs at least 2, "
+                         "because the deepest level has no cross-attention and could not read the text. "
+                         "Pass e.g. channels=(32, 64, 64).")
+    if heads < 1 or any(c % norm_num_groups or c % heads for c in channels):
+        raise ValueError(f"every width in channels={channels} must be a multiple of norm_num_groups="
+                         f"{norm_num_groups} (GroupNorm splits the channels into that many groups) and of "
+                         f"heads={heads} (each head gets an equal share). Use multiples of {norm_num_groups}, "
+                         "e.g. channels=(32, 64, 64).")
+    levels = len(channels)
+    if sample_size < 1 or sample_size % 2 ** (levels - 1):
+        raise ValueError(f"sample_size={sample_size} cannot be halved {levels - 1} times ({levels} levels): it must "
+                         f"be a multiple of {2 ** (levels - 1)}. Use fewer levels, or the latent side of the model "
+                         "(unet.config.sample_size).")
+    return dict(sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+                block_out_channels=channels, layers_per_block=1,
+                down_block_types=["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
+                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+                cross_attention_dim=cross_attention_dim, attention_head_dim=heads, norm_num_groups=norm_num_groups,
+                act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
+
+
+def captions_for(scenes: Sequence[world.Scene]) -> list[str]:
+    """Every caption :func:`draw_captions` can give these scenes, plus the empty one, sorted.
+
+    A prompt table (:func:`encode_prompts`) with these rows covers every batch that
+    :func:`unet_loss_fn` can draw from a pool of these scenes. For a small pool it is much
+    shorter than :func:`all_captions` (which covers every scene of the world), so quicker to encode.
+    """
+    captions: set[str] = {""}
+    for scene in scenes:
+        objs = list(scene.objects)
+        if len(objs) == 1:
+            obj = objs[0]
+            for mask in range(8):  # which of colour, size, position the caption names (the shape always)
+                named = {"shape": obj.shape}
+                if mask & 1:
+                    named["colour"] = obj.colour
+                if mask & 2:
+                    named["size"] = obj.size
+                if mask & 4:
+                    named["position"] = obj.position
+                captions.add(world._object_phrase(obj, named))
+        else:
+            for order in (objs, objs[::-1]):
+                for with_size in (True, False):
+                    phrases = [world._object_phrase(o, {a: getattr(o, a) for a in world.ATTRIBUTES
+                                                        if a != "size" or with_size}) for o in order]
+                    captions.add(" and ".join(phrases))
+    return sorted(captions)
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean: element i is the mean of ``values[max(0, i - window + 1) : i + 1]``. Shape [len(values)]."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1 (steps to average over), got {window!r}.")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    cumulative = np.concatenate([[0.0], np.cumsum(v)])
+    end = np.arange(1, len(v) + 1)
+    start = np.maximum(0, end - window)
+    return (cumulative[end] - cumulative[start]) / (end - start)
+
+
+def loss_curve(losses: Sequence[float], *, window: int = 25, steps: int | None = None, title: str | None = None,
+               size: tuple[float, float] = (6.0, 3.0)) -> Figure:
+    """A ``matplotlib.figure.Figure`` of a training run: every step's loss (light) and its moving average over
+    ``window`` steps (dark), on a log y-axis. ``steps`` fixes the x-axis to 1 .. steps, so a curve
+    drawn during training grows from left to right.
+    """
+    from matplotlib.figure import Figure
+
+    values = np.asarray(losses, dtype=np.float64).ravel()
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(1, len(values) + 1)
+    if len(values):
+        ax.plot(x, values, color="tab:blue", alpha=0.3, lw=0.8, label="loss of each step")
+        ax.plot(x, moving_average(values, window), color="tab:blue", lw=1.8, label=f"mean of the last {window}")
+        if (values > 0).all():
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")  # 0.2, 0.3, 0.5, 1 ...
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlim(0, steps if steps is not None else max(1, len(values)))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+class LiveLoss:
+    """A :func:`fit` callback that keeps every loss and redraws the loss curve every ``every`` steps.
+
+    ``show(figure)`` receives each new :func:`loss_curve` figure (and the last one, at step
+    ``steps``). In a notebook pass the ``update`` method of a display handle, so that one
+    output cell redraws in place while the model trains::
+
+        live = LiveLoss(None, steps=STEPS, every=10)
+        live.show = display(live.figure(), display_id=True).update
+        fit(model, loss_fn, steps=STEPS, ..., callback=live)
+
+    It needs no screen: under nbval or in a script it records the same way. ``show=None`` only records.
+    """
+
+    def __init__(self, show: Callable | None = None, *, steps: int, every: int = 10, window: int = 25,
+                 title: str | None = None):
+        for name, value in (("steps", steps), ("every", every), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        self.show, self.steps, self.every, self.window, self.title = show, steps, every, window, title
+        self.losses: list[float] = []
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.losses.append(float(loss))
+        if self.show is not None and ((step + 1) % self.every == 0 or step + 1 == self.steps):
+            self.show(self.figure())
+
+    def figure(self) -> Figure:
+        """The curve of the losses so far (:func:`loss_curve`)."""
+        return loss_curve(self.losses, window=self.window, steps=self.steps, title=self.title)

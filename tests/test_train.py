@@ -47,6 +47,43 @@ def test_fit_learns_and_resumes_exactly(tmp_path):
     assert res2.losses == pytest.approx(res.losses)
 
 
+class OtherProcess:
+    """What ``accelerate launch`` gives process ``index`` of several (the parts of Accelerator fit uses)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, index):
+        self.process_index, self.is_main_process = index, index == 0
+
+    def prepare(self, *objects):
+        return objects
+
+    def backward(self, loss):
+        loss.backward()
+
+    def unwrap_model(self, model):
+        return model
+
+
+def test_each_process_draws_its_own_batches_and_only_the_main_one_saves(tmp_path):
+    def first_draws(accelerator, folder):
+        draws = []
+
+        def loss_fn(model, generator, device):
+            draws.append(float(torch.rand((), generator=generator)))
+            return quadratic_loss(model, generator, device)
+
+        train.fit(Quadratic(), loss_fn, steps=3, lr=0.1, warmup=1, progress=False, checkpoint_dir=folder,
+                  accelerator=accelerator)
+        return draws
+
+    single = first_draws(None, tmp_path / "single")
+    assert first_draws(OtherProcess(0), tmp_path / "main") == single        # the main process = a single-device run
+    assert first_draws(OtherProcess(1), tmp_path / "other") != single       # another process: other batches
+    assert (tmp_path / "main" / "model.safetensors").exists()
+    assert not (tmp_path / "other").exists()                                 # ... and it writes no checkpoint
+
+
 def test_ema_is_returned_and_differs():
     model, _ = train.fit(Quadratic(), quadratic_loss, steps=30, lr=0.1, warmup=1, ema_decay=0.9, progress=False)
     assert model.w.requires_grad is False  # the EMA copy
@@ -157,3 +194,124 @@ def test_clip_pooled_output_does_not_depend_on_padding(tmp_path):
     assert short.shape[1] < full.shape[1] == 77
     with torch.no_grad():
         torch.testing.assert_close(clip_text_features(clip, short), clip_text_features(clip, full))
+
+
+# --------------------------------------------------------------------------------------
+# What the training notebook (09) adds.
+# --------------------------------------------------------------------------------------
+
+
+def test_small_unet_config_with_the_recipes_numbers_is_the_bundled_unet():
+    r = recipe.Recipe()
+    config = train.small_unet_config(sample_size=r.resolution // 8, cross_attention_dim=r.clip_hidden,
+                                     channels=r.unet_channels, heads=r.unet_heads)
+    assert config == recipe.unet_config(r)
+
+
+def test_small_unet_config_builds_a_unet_that_reads_the_text():
+    config = train.small_unet_config(sample_size=8, cross_attention_dim=16, channels=(32, 64), heads=2)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    text_a, text_b = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out_a = unet(x, t, encoder_hidden_states=text_a).sample
+        out_b = unet(x, t, encoder_hidden_states=text_b).sample
+    assert out_a.shape == x.shape
+    assert not torch.allclose(out_a, out_b)  # cross-attention: the text changes the prediction
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(channels=(32,)), "at least 2"),
+    (dict(channels=(32, 48)), "multiple of norm_num_groups=32"),
+    (dict(channels=(32, 64), heads=3), "heads=3"),
+    (dict(channels=(32, 64, 64), sample_size=6), "multiple of 4"),
+])
+def test_small_unet_config_rejects_widths_that_cannot_work(kwargs, message):
+    kwargs = dict(dict(sample_size=8, cross_attention_dim=16), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        train.small_unet_config(**kwargs)
+
+
+def test_captions_for_covers_every_draw_and_nothing_outside_the_world():
+    data = train.render_pool(3, 16)
+    assert sum(len(scene.objects) == 2 for scene in data.scenes) >= 3  # both kinds of scene are covered
+    table = train.captions_for(data.scenes)
+    assert table == sorted(set(table)) and "" in table
+    assert set(table) <= set(train.all_captions())
+    assert len(table) < len(train.all_captions())
+    drawn = set()
+    for seed in range(300):
+        drawn.update(train.draw_captions(data.scenes, np.random.default_rng(seed), empty_prob=0.1))
+    # every draw is in the table, and (with 300 draws per scene) every caption of the table is drawn:
+    # the rarest has a probability of 0.9 x 7.5% per draw, so the chance of missing any is below 1e-6
+    assert drawn == set(table)
+
+
+def test_moving_average():
+    np.testing.assert_allclose(train.moving_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(train.moving_average([2, 4, 6], 10), [2, 3, 4])  # fewer at the start
+    np.testing.assert_allclose(train.moving_average([5.0], 1), [5.0])
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        train.moving_average([1, 2], 0)
+
+
+def test_loss_curve_draws_the_losses_and_their_average():
+    losses = [1.0, 0.5, 0.4, 0.3]
+    fig = train.loss_curve(losses, window=2, steps=10, title="run")
+    ax = fig.axes[0]
+    raw, mean = ax.get_lines()
+    np.testing.assert_allclose(raw.get_ydata(), losses)
+    np.testing.assert_allclose(mean.get_ydata(), train.moving_average(losses, 2))
+    np.testing.assert_allclose(raw.get_xdata(), [1, 2, 3, 4])
+    assert ax.get_xlim() == (0.0, 10.0) and ax.get_yscale() == "log" and ax.get_title() == "run"
+    assert train.loss_curve([0.5, -0.1], window=1).axes[0].get_yscale() == "linear"  # a log axis cannot show <= 0
+    assert train.loss_curve([]).axes[0].get_lines() == []  # the empty curve a notebook displays first
+
+
+def test_live_loss_redraws_every_n_steps_and_at_the_end():
+    shown = []
+    live = train.LiveLoss(shown.append, steps=10, every=4, window=3)
+    _, res = train.fit(Quadratic(), quadratic_loss, steps=10, lr=0.1, warmup=1, callback=live, progress=False)
+    assert live.losses == pytest.approx(res.losses)
+    assert [len(fig.axes[0].get_lines()[0].get_ydata()) for fig in shown] == [4, 8, 10]
+    quiet = train.LiveLoss(None, steps=3)
+    for step in range(3):
+        quiet(step, 1.0 / (step + 1))
+    assert quiet.losses == [1.0, 0.5, pytest.approx(1 / 3)]
+
+
+@pytest.mark.parametrize("name", ["steps", "every", "window"])
+def test_live_loss_rejects_bad_settings(name):
+    kwargs = dict(steps=10, every=2, window=5)
+    kwargs[name] = 0
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 1"):
+        train.LiveLoss(None, **kwargs)
+
+
+def test_encode_pool_returns_the_posterior_in_float32_whatever_the_vae_dtype():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16).eval()
+    data = train.render_pool(0, 5, resolution=16)
+    mean, std = train.encode_pool(vae, data, batch_size=2)
+    with torch.no_grad():
+        dist = vae.encode(train.to_model_range(data.images)).latent_dist
+    torch.testing.assert_close(mean, dist.mean)
+    torch.testing.assert_close(std, dist.std)
+    # a half-precision VAE (float16 on a GPU; bfloat16 here, which CPUs support) gets its own dtype in,
+    # and float32 comes back for a float32 training loop
+    half_mean, half_std = train.encode_pool(vae.to(torch.bfloat16), data, batch_size=2)
+    assert half_mean.dtype == half_std.dtype == torch.float32
+    torch.testing.assert_close(half_mean, mean, rtol=0.1, atol=0.1)
+
+
+def test_ema_update_is_the_moving_average_formula():
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta, as notebook 09 states it."""
+    ema, model = Quadratic(), Quadratic()
+    with torch.no_grad():
+        ema.w.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        model.w.copy_(torch.tensor([3.0, 2.0, -1.0]))
+    train.ema_update(ema, model, decay=0.9)
+    torch.testing.assert_close(ema.w.detach(), 0.9 * torch.tensor([1.0, 2.0, 3.0]) + 0.1 * torch.tensor([3.0, 2.0, -1.0]))
+    torch.testing.assert_close(model.w.detach(), torch.tensor([3.0, 2.0, -1.0]))  # the model itself is untouched
