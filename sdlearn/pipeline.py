@@ -9,16 +9,16 @@ Jay Alammar's *The Illustrated Stable Diffusion* splits the pipeline into three 
 
 This module runs each part once and reports the shapes (:func:`trace_shapes`), derives the
 same shapes from the configs alone (:func:`config_shapes`), counts parameters per block
-(:func:`parameter_breakdown`) and FLOPs per UNet step (:func:`unet_flops`), and records the
-UNet calls a pipeline makes (:func:`record_unet_calls`). Everything works on PyTorch's
-``meta`` device too, so SD 1.5's architecture can be measured without downloading it.
+(:func:`parameter_breakdown`), FLOPs per UNet step (:func:`unet_flops`) and FLOPs per call
+of each network (:func:`flops_per_call`). Everything works on PyTorch's ``meta`` device
+too, so SD 1.5's architecture can be measured without downloading it. (To record the UNet
+calls a pipeline makes, use :func:`sdlearn.unet.capture_unet_calls`.)
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,23 +356,42 @@ def unet_flops(
     return groups
 
 
-@contextmanager
-def record_unet_calls(unet: torch.nn.Module) -> Iterator[list[int]]:
-    """Record the batch size of every forward call of ``unet`` inside the ``with`` block.
+def flops_per_call(components: SDComponents, *, batch_size: int = 1) -> dict[str, int]:
+    """FLOPs of one call of each network, counted on the ``meta`` device.
 
-    ``with record_unet_calls(pipe.unet) as calls: pipe(...)``: afterwards ``len(calls)`` is
-    the number of UNet calls and ``sum(calls)`` the number of latents the UNet processed
-    (with classifier-free guidance each call carries the unconditional and the conditional
-    copy: ``N`` calls of batch ``2B`` for ``N`` steps).
+    Returns ``{"text_encoder": ..., "unet": ..., "vae.decode": ...}``, the shapes those of
+    :func:`config_shapes`: the text encoder on ``batch_size`` prompts of ``[L]`` token ids;
+    the UNet on one denoising step of latents ``[batch_size, C, h, w]`` (:func:`unet_flops`);
+    the VAE decoder from those latents to images ``[batch_size, 3, H, W]``. Counted with
+    ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; matrix products,
+    convolutions and attention only, element-wise work is not counted). For the text encoder
+    that is exactly ``2 * L * (weights of its nn.Linear layers) + layers * 4 * L**2 * d`` per
+    prompt: every weight does one multiply-add per token, and attention's ``Q K^T`` and
+    ``probs V`` each cost ``2 L^2 d``.
+
+    The networks are rebuilt from their configs on ``meta`` (no memory, no weights touched),
+    so a pipeline's cost per picture follows: with classifier-free guidance,
+    ``2 * text_encoder + 2 * (UNet calls) * unet + vae.decode``.
     """
-    calls: list[int] = []
+    _check_components(components)
+    _check_batch_size(batch_size)
+    stages = {stage.component: stage for stage in config_shapes(components, batch_size=batch_size)}
+    ids_shape = stages["text_encoder"].inputs["input_ids"]                  # [B, L]
+    latents_shape = stages["unet"].inputs["latent_model_input"]             # [B, C, h, w]
+    text_shape = stages["unet"].inputs["text_embeddings"]                   # [B, L, d]
+    with torch.device("meta"):
+        text_encoder = type(components.text_encoder)(components.text_encoder.config).eval()
+        vae = type(components.vae).from_config(components.vae.config).eval()
+        input_ids = torch.zeros(ids_shape, dtype=torch.long)
+        latents = torch.empty(latents_shape)
 
-    def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample")
-        calls.append(int(sample.shape[0]))
+    def count(run) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        return int(counter.get_total_flops())
 
-    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
+    return {
+        "text_encoder": count(lambda: text_encoder(input_ids)),
+        "unet": unet_flops(components.unet.config, sample_shape=latents_shape, text_shape=text_shape)["total"],
+        "vae.decode": count(lambda: vae.decode(latents)),
+    }

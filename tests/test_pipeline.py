@@ -1,6 +1,5 @@
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from sdlearn import models, pipeline
 
@@ -127,24 +126,34 @@ def test_unet_flops_says_what_to_do_on_channel_mismatch(tiny_components):
         pipeline.unet_flops(tiny_components.unet.config, sample_shape=(2, 4, 32, 32), text_shape=(1, 77, 32))
 
 
-# --- UNet calls ---------------------------------------------------------------------------------
+def _text_encoder_flops(text_encoder, tokens: int) -> int:
+    """2 FLOPs per weight per token in every Linear layer, plus 4 L^2 d per layer for Q K^T and probs V."""
+    cfg = text_encoder.config
+    linear_weights = sum(m.weight.numel() for m in text_encoder.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * tokens * linear_weights + cfg.num_hidden_layers * 4 * tokens**2 * cfg.hidden_size
 
 
-def _pipe(c):
-    pipe = StableDiffusionPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def test_flops_per_call_on_tiny_components(tiny_components):
+    one = pipeline.flops_per_call(tiny_components)
+    assert set(one) == {"text_encoder", "unet", "vae.decode"}
+    assert one["unet"] == pipeline.unet_flops(
+        tiny_components.unet.config, sample_shape=(1, 4, 32, 32), text_shape=(1, 77, 32)
+    )["total"]
+    assert one["text_encoder"] == _text_encoder_flops(tiny_components.text_encoder, 77)
+    assert one["vae.decode"] > 0
+    two = pipeline.flops_per_call(tiny_components, batch_size=2)
+    assert two == {name: 2 * flops for name, flops in one.items()}
 
 
-@pytest.mark.parametrize("guidance_scale, expected", [(7.5, [2, 2, 2]), (1.0, [1, 1, 1])])
-def test_record_unet_calls_sees_classifier_free_guidance(tiny_components, guidance_scale, expected):
-    pipe = _pipe(tiny_components)
-    with pipeline.record_unet_calls(pipe.unet) as calls:
-        pipe("a red circle", num_inference_steps=3, guidance_scale=guidance_scale, height=32, width=32,
-             generator=torch.Generator().manual_seed(0), output_type="latent")
-    assert calls == expected
-    pipe.unet(torch.zeros(1, 4, 16, 16), 1, encoder_hidden_states=torch.zeros(1, 77, 32))
-    assert calls == expected  # the hook is gone after the with block
+def test_flops_per_call_of_sd15(meta_replica):
+    flops = pipeline.flops_per_call(meta_replica)
+    assert flops["text_encoder"] == _text_encoder_flops(meta_replica.text_encoder, 77)
+    # the decoder works at 512x512 pixels: one decode costs more than one UNet step at 64x64
+    assert flops["vae.decode"] > flops["unet"] > flops["text_encoder"]
+
+
+def test_flops_per_call_rejects_bad_arguments(tiny_components):
+    with pytest.raises(TypeError, match="SDComponents"):
+        pipeline.flops_per_call(tiny_components.vae)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.flops_per_call(tiny_components, batch_size=0)
