@@ -1,19 +1,18 @@
 """Draw images/clip_text_encoder.svg: from a prompt to the vectors the U-Net reads, inside CLIP's text encoder.
 
-Run from anywhere: ``python images/make_clip_text_encoder.py`` (``--png PATH`` also writes a PNG preview).
+Run from anywhere: ``python images/make_clip_text_encoder.py``
+(``--png PATH`` also writes a PNG preview, ``--out PATH`` writes the SVG elsewhere).
 Shown by notebooks/04_clip_text_embeddings.ipynb.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
+import drawing  # images/drawing.py, beside this script: the shared helpers (it selects the Agg backend)
+import matplotlib.pyplot as plt
+from drawing import arrow, box
+from matplotlib.patches import FancyBboxPatch, Rectangle
 
 OUT = Path(__file__).with_name("clip_text_encoder.svg")
 
@@ -26,29 +25,6 @@ GREY = "#8a8a8a"
 
 TOKENS = ["<BOS>", "a", "red", "circle", "<EOS>", "<pad>", "…", "<pad>"]
 POSITIONS = ["0", "1", "2", "3", "4", "5", "", "76"]
-
-
-def box(ax, x, y, w, h, text, *, colour, dashed=False, mono=False, size=10, weight="normal"):
-    ax.add_patch(
-        FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.2",
-            facecolor=colour, edgecolor="#444444" if not dashed else GREY, linewidth=1.2,
-            linestyle="--" if dashed else "-",
-        )
-    )
-    ax.text(x, y, text, ha="center", va="center", fontsize=size, weight=weight,
-            family="monospace" if mono else "sans-serif", color="#222222" if not dashed else "#555555")
-
-
-def arrow(ax, start, end, *, text=None, colour="#333333", dashed=False, rad=0.0, text_at=None, size=8.5):
-    ax.annotate(
-        "", xy=end, xytext=start,
-        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.3, linestyle="--" if dashed else "-",
-                        shrinkA=0, shrinkB=0, connectionstyle=f"arc3,rad={rad}"),
-    )
-    if text:
-        x, y = text_at or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.3)
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=colour, family="monospace")
 
 
 def token_row(ax, x0, y, width=1.05):
@@ -72,10 +48,7 @@ def causal_mask_icon(ax, x0, y0, n=5, cell=0.22):
 
 
 def draw() -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(12.5, 6.4))
-    ax.set_xlim(0, 25)
-    ax.set_ylim(0.0, 12.8)
-    ax.axis("off")
+    fig, ax = drawing.canvas((12.5, 6.4), (0, 25), (0.0, 12.8))
 
     # 1. tokenizer: prompt -> 77 ids
     y1 = 11.4
@@ -143,8 +116,9 @@ def draw() -> plt.Figure:
     box(ax, 16.5, y5, 4.2, 0.9, "pooled [d] → text_projection", colour=TEXT_COLOUR, size=8.5)
     box(ax, 11.2, y5, 2.7, 0.9, "cos(text, image)", colour="white", size=8.5, weight="bold")
     arrow(ax, (14.35, y5), (12.6, y5))
-    box(ax, 6.0, y5, 4.8, 0.9, "vision tower → visual_projection", colour=VISION_COLOUR, dashed=True, size=8.5)
-    box(ax, 1.6, y5, 2.0, 0.9, "image", colour="white", dashed=True, size=9)
+    box(ax, 6.0, y5, 4.8, 0.9, "vision tower → visual_projection", colour=VISION_COLOUR, dashed=True, edge=GREY,
+        size=8.5)
+    box(ax, 1.6, y5, 2.0, 0.9, "image", colour="white", dashed=True, edge=GREY, size=9)
     arrow(ax, (2.65, y5), (3.55, y5), colour=GREY, dashed=True)
     arrow(ax, (8.45, y5), (9.8, y5), colour=GREY, dashed=True)
     ax.text(0.3, 0.35, "Dashed: CLIP's vision tower, shipped with the bundled model only (in its clip/ folder); "
@@ -154,18 +128,5 @@ def draw() -> plt.Figure:
     return fig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--png", type=Path, help="also write a PNG preview here")
-    args = parser.parse_args()
-    plt.rcParams["svg.fonttype"] = "none"  # keep text as text: small, searchable SVG
-    plt.rcParams["svg.hashsalt"] = "sdlearn"  # stable ids: the same SVG on every run
-    fig = draw()
-    fig.savefig(OUT, format="svg", metadata={"Date": None})
-    if args.png:
-        fig.savefig(args.png, dpi=100)
-    print(f"wrote {OUT}")
-
-
 if __name__ == "__main__":
-    main()
+    drawing.main(draw, OUT, __doc__)

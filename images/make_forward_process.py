@@ -4,13 +4,15 @@ The pictures are real: a picture from ``sdlearn.world`` noised in pixel space wi
 Diffusion's schedule by ``sdlearn.noise.add_noise``. Run from the repository root:
 
     python images/make_forward_process.py
+
+(``--png PATH`` also writes a PNG preview, ``--out PATH`` writes the SVG elsewhere).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import drawing  # images/drawing.py, beside this script: the shared main (it selects the Agg backend)
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -41,12 +43,12 @@ def noised_pictures() -> list[tuple[np.ndarray, float]]:
 
 
 def arrow(fig: Figure, start, end, **kwargs) -> None:
+    """An arrow between two points given in figure coordinates (0 to 1)."""
     fig.add_artist(FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>",
                                    mutation_scale=14, **kwargs))
 
 
-def main() -> None:
-    matplotlib.rcParams.update({"svg.hashsalt": "sdlearn", "font.size": 11})
+def draw() -> Figure:
     width, height = 9.0, 3.8
     fig = Figure(figsize=(width, height))
     bottom, side = 0.40, SIZE * width / height  # square pictures
@@ -76,8 +78,9 @@ def main() -> None:
     arrow(fig, (LEFTS[-1] + SIZE / 2, 0.1), (LEFTS[0] + SIZE / 2, 0.1), color=grey, linestyle="--", linewidth=1.5)
     fig.text(0.5, 0.025, "reverse: the UNet learns to undo the noise, one step at a time (later notebooks)",
              ha="center", color=grey)
-    fig.savefig(OUT, format="svg", metadata={"Date": None})
+    return fig
 
 
 if __name__ == "__main__":
-    main()
+    # text as outlines (matplotlib's default) and a larger font: as this diagram was always drawn
+    drawing.main(draw, OUT, __doc__, fonttype="path", rc={"font.size": 11})

@@ -1,19 +1,18 @@
 """Draw images/pipeline.svg: Stable Diffusion's three parts and the tensors between them.
 
-Run from anywhere: ``python images/make_pipeline.py`` (``--png PATH`` also writes a PNG preview).
+Run from anywhere: ``python images/make_pipeline.py``
+(``--png PATH`` also writes a PNG preview, ``--out PATH`` writes the SVG elsewhere).
 Shown by notebooks/01_pipeline_at_a_glance.ipynb.
 """
 
 from __future__ import annotations
 
-import argparse
+from functools import partial
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyBboxPatch  # noqa: E402
+import drawing  # images/drawing.py, beside this script: the shared helpers (it selects the Agg backend)
+import matplotlib.pyplot as plt
+from drawing import arrow, group
 
 OUT = Path(__file__).with_name("pipeline.svg")
 
@@ -24,43 +23,11 @@ TENSOR_COLOUR = "#f4f4f4"
 GREY = "#8a8a8a"
 
 
-def box(ax, x, y, w, h, text, *, colour, dashed=False, mono=False, size=10, weight="normal", edge="#444444"):
-    ax.add_patch(
-        FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.25",
-            facecolor=colour, edgecolor=edge, linewidth=1.2, linestyle="--" if dashed else "-",
-        )
-    )
-    ax.text(x, y, text, ha="center", va="center", fontsize=size, weight=weight,
-            family="monospace" if mono else "sans-serif", color="#222222" if not dashed else "#555555")
-
-
-def arrow(ax, start, end, *, text=None, colour="#333333", dashed=False, rad=0.0, text_at=None, size=8.5):
-    ax.annotate(
-        "", xy=end, xytext=start,
-        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.3, linestyle="--" if dashed else "-",
-                        shrinkA=0, shrinkB=0, connectionstyle=f"arc3,rad={rad}"),
-    )
-    if text:
-        x, y = text_at or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.3)
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=colour, family="monospace")
-
-
-def group(ax, x0, y0, x1, y1, label, colour):
-    ax.add_patch(
-        FancyBboxPatch(
-            (x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0.02,rounding_size=0.35",
-            facecolor=colour, alpha=0.35, edgecolor=colour, linewidth=0,
-        )
-    )
-    ax.text(x0 + 0.2, y1 - 0.3, label, ha="left", va="center", fontsize=10.5, weight="bold", color="#333333")
+box = partial(drawing.box, rounding=0.25)
 
 
 def draw() -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(12.5, 5.2))
-    ax.set_xlim(0, 25)
-    ax.set_ylim(0.4, 10.2)
-    ax.axis("off")
+    fig, ax = drawing.canvas((12.5, 5.2), (0, 25), (0.4, 10.2))
 
     # the three parts
     group(ax, 3.0, 5.0, 10.0, 9.9, "1 · text understander", TEXT_COLOUR)
@@ -74,9 +41,9 @@ def draw() -> plt.Figure:
     box(ax, 8.3, y, 2.8, 1.0, "CLIP text\nencoder", colour=TEXT_COLOUR, weight="bold")
     box(ax, 11.6, y, 2.5, 1.2, "[77 × d]\nembeddings", colour=TENSOR_COLOUR, mono=True, size=9)
     arrow(ax, (2.8, y), (3.4, y))
-    arrow(ax, (5.8, y), (6.9, y), text="[77] ids", text_at=(6.35, y + 0.35), size=7.5)
+    arrow(ax, (5.8, y), (6.9, y), text="[77] ids", text_at=(6.35, y + 0.75), size=7.5)
     arrow(ax, (9.7, y), (10.35, y))
-    arrow(ax, (12.85, y), (14.2, y))
+    arrow(ax, (12.85, y), (14.1, y))
 
     # classifier-free guidance: the same two modules on the empty prompt
     yc = 8.6
@@ -93,17 +60,17 @@ def draw() -> plt.Figure:
             ha="left", va="center", fontsize=8.5, color="#555555")
 
     # the denoising loop in latent space
-    box(ax, 15.7, y, 3.0, 1.2, "UNet\npredicts the noise", colour=UNET_COLOUR, weight="bold", size=9)
-    box(ax, 15.7, 3.3, 3.0, 1.2, "scheduler\nremoves some noise", colour=UNET_COLOUR, weight="bold", size=9)
+    box(ax, 15.7, y, 3.2, 1.2, "UNet\npredicts the noise", colour=UNET_COLOUR, weight="bold", size=9)
+    box(ax, 15.7, 3.3, 3.2, 1.2, "scheduler\nremoves some noise", colour=UNET_COLOUR, weight="bold", size=9)
     arrow(ax, (16.6, y - 0.6), (16.6, 3.9), text="noise_pred", text_at=(17.45, 4.75), size=8)
-    arrow(ax, (14.8, 3.9), (14.8, y - 0.6), text="x_t−1", text_at=(14.3, 4.75), size=8)
+    arrow(ax, (14.8, 3.9), (14.8, y - 0.6), text="$x_{t-1}$", text_at=(14.25, 4.75), size=9)
     ax.text(15.7, 4.75, "loop\nt = T … 1", ha="center", va="center", fontsize=8.5, weight="bold", color="#8a4b00")
     box(ax, 11.6, 4.0, 2.5, 1.3, "random latents\n[4 × h × w]\n~ N(0, I)", colour=TENSOR_COLOUR, mono=True, size=8.5)
-    arrow(ax, (12.85, 4.3), (14.2, 5.8), text="x_T", text_at=(13.3, 5.3))
+    arrow(ax, (12.85, 4.3), (14.1, 5.8), text="$x_T$", text_at=(13.25, 5.3), size=9)
 
     # decode
     box(ax, 20.5, 3.3, 2.6, 1.0, "VAE decoder", colour=VAE_COLOUR, weight="bold")
-    arrow(ax, (17.2, 3.3), (19.2, 3.3), text="x_0", text_at=(18.2, 2.95), size=8)
+    arrow(ax, (17.3, 3.3), (19.2, 3.3), text="$x_0$", text_at=(18.2, 2.9), size=9)
     box(ax, 23.5, 3.3, 2.3, 1.3, "image\n[3 × H × W]", colour="white", mono=True, size=9)
     arrow(ax, (21.8, 3.3), (22.35, 3.3))
 
@@ -114,18 +81,5 @@ def draw() -> plt.Figure:
     return fig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--png", type=Path, help="also write a PNG preview here")
-    args = parser.parse_args()
-    plt.rcParams["svg.fonttype"] = "none"  # keep text as text: small, searchable SVG
-    plt.rcParams["svg.hashsalt"] = "sdlearn"  # stable ids: the same SVG on every run
-    fig = draw()
-    fig.savefig(OUT, format="svg", metadata={"Date": None})
-    if args.png:
-        fig.savefig(args.png, dpi=100)
-    print(f"wrote {OUT}")
-
-
 if __name__ == "__main__":
-    main()
+    drawing.main(draw, OUT, __doc__)

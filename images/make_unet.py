@@ -1,6 +1,7 @@
 """Draw images/unet.svg: SD 1.5's U-Net, its levels, skip connections, and where the timestep and the text enter.
 
-Run from anywhere: ``python images/make_unet.py`` (``--png PATH`` also writes a PNG preview).
+Run from anywhere: ``python images/make_unet.py``
+(``--png PATH`` also writes a PNG preview, ``--out PATH`` writes the SVG elsewhere).
 The resolutions and channel counts are computed from ``sdlearn/configs/sd15/unet_config.json``
 (and, for the footnote, the bundled model's ``unet/config.json``), not typed in.
 Shown by notebooks/05_unet_noise_prediction.ipynb.
@@ -8,15 +9,13 @@ Shown by notebooks/05_unet_noise_prediction.ipynb.
 
 from __future__ import annotations
 
-import argparse
 import json
+from functools import partial
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyBboxPatch  # noqa: E402
+import drawing  # images/drawing.py, beside this script: the shared helpers (it selects the Agg backend)
+import matplotlib.pyplot as plt
+from drawing import arrow
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).with_name("unet.svg")
@@ -55,27 +54,13 @@ def levels(config: dict) -> dict:
             "cross_dim": config["cross_attention_dim"], "skips": sum(skips_per_down)}
 
 
-def box(ax, x, y, w, h, text, *, colour, size=9, weight="normal", mono=False, dashed=False):
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.2",
-                                facecolor=colour, edgecolor="#444444", linewidth=1.1,
-                                linestyle="--" if dashed else "-"))
-    ax.text(x, y, text, ha="center", va="center", fontsize=size, weight=weight,
-            family="monospace" if mono else "sans-serif", color="#222222")
-
-
-def arrow(ax, start, end, *, colour="#333333", dashed=False, rad=0.0, lw=1.3):
-    ax.annotate("", xy=end, xytext=start,
-                arrowprops=dict(arrowstyle="-|>", color=colour, lw=lw, linestyle="--" if dashed else "-",
-                                shrinkA=0, shrinkB=0, connectionstyle=f"arc3,rad={rad}"))
+box = partial(drawing.box, lw=1.1)
 
 
 def draw(config: dict, bundled: dict | None) -> plt.Figure:
     lv = levels(config)
     n = len(lv["down"])
-    fig, ax = plt.subplots(figsize=(13, 7.6))
-    ax.set_xlim(0, 26)
-    ax.set_ylim(-0.6, 15.2)
-    ax.axis("off")
+    fig, ax = drawing.canvas((13, 7.6), (0, 26), (-0.6, 15.2))
     top, step = 12.2, 2.3
     xl, xr, w, h = 5.6, 20.4, 5.6, 1.45
     side = lv["side"]
@@ -151,20 +136,11 @@ def draw(config: dict, bundled: dict | None) -> plt.Figure:
     return fig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--png", type=Path, help="also write a PNG preview here")
-    args = parser.parse_args()
-    plt.rcParams["svg.fonttype"] = "none"  # keep text as text: small, searchable SVG
-    plt.rcParams["svg.hashsalt"] = "sdlearn"  # stable ids: the same SVG on every run
+def draw_from_configs() -> plt.Figure:
     config = json.loads(SD15_CONFIG.read_text(encoding="utf-8"))
     bundled = json.loads(BUNDLED_CONFIG.read_text(encoding="utf-8")) if BUNDLED_CONFIG.is_file() else None
-    fig = draw(config, bundled)
-    fig.savefig(OUT, format="svg", metadata={"Date": None})
-    if args.png:
-        fig.savefig(args.png, dpi=100)
-    print(f"wrote {OUT}")
+    return draw(config, bundled)
 
 
 if __name__ == "__main__":
-    main()
+    drawing.main(draw_from_configs, OUT, __doc__)
