@@ -8,9 +8,18 @@ what a learner meets:
 - ``device``: device, dtype, seeded generators, an environment report
 - ``images``: images <-> tensors in [-1, 1], with checks that explain bad input
 - ``viz``: image grids, latent channels, curves
+- ``pipeline``: the pipeline's three parts, their shapes, parameters and FLOPs (notebook 01)
+- ``vae``: encode, decode, the reparameterisation trick and the KL term (notebook 02)
+- ``noise``: beta schedules, the forward process step by step and in one jump (notebook 03)
+- ``text``: tokens and the CLIP text encoder by hand, CLIP similarities (notebook 04)
+- ``unet``: the U-Net's stages, timestep embedding, cross-attention, guidance (notebook 05)
+- ``sampling``: the sampling loop and a DDIM step written out, img2img by hand (notebook 06)
+- ``attention``: cross- and self-attention maps captured with attention processors (notebook 07)
+- ``latents``: the latent over the denoising steps, spherical interpolation (notebook 08)
 - ``world``: the toy world the bundled model was trained on, and a pixel-level judge
 - ``tokenizer``: the word-level CLIP tokenizer of the bundled model
-- ``train``, ``recipe``, ``evaluate``: how the bundled model is trained and measured
+- ``train``, ``recipe``, ``evaluate``: how the bundled model is trained and measured (notebook 09)
+- ``exercises``: the checks of the notebooks' exercises
 """
 
 __version__ = "0.1.0"
