@@ -171,15 +171,20 @@ def best_guidance(sweep: dict[float, dict[str, float]]) -> float:
     return max(sorted(sweep), key=lambda scale: (sweep[scale]["mean"], -scale))
 
 
-def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = 7.5, repeats: int = 5) -> float:
-    """Median wall-clock seconds for one image (batch 1) on the pipeline's device."""
+def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = 7.5, repeats: int = 20) -> dict[str, float]:
+    """Wall-clock seconds for one image (batch 1) on the pipeline's device, after one warm-up run.
+
+    Returns the median and the quartiles of ``repeats`` runs: on a shared machine single runs
+    vary by tens of percent, and the spread says how much.
+    """
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
         pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance_scale,
              generator=torch.Generator().manual_seed(i), output_type="np")
         times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+    q1, median, q3 = np.percentile(times[1:], [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "repeats": repeats}
 
 
 def _rounded(following: dict) -> dict:
@@ -214,7 +219,10 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     if guidance_scale != SD_DEFAULT_GUIDANCE:
         report["prompt_following_at_sd_default"] = _rounded(
             prompt_following(pipe, count=count, steps=steps, guidance_scale=SD_DEFAULT_GUIDANCE, progress=progress))
-    report["seconds_per_image"] = round(seconds_per_image(pipe, steps=steps, guidance_scale=guidance_scale), 3)
+    speed = seconds_per_image(pipe, steps=steps, guidance_scale=guidance_scale)
+    report["seconds_per_image"] = round(speed["median"], 3)
+    report["seconds_per_image_quartiles"] = [round(speed["q1"], 3), round(speed["q3"], 3)]
+    report["speed_repeats"] = speed["repeats"]
     report["torch_threads"] = torch.get_num_threads()
     return report
 

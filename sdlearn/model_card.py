@@ -23,6 +23,14 @@ def _following_rows(following: dict) -> str:
     )
 
 
+def _spread(evaluation: dict) -> str:
+    quartiles = evaluation.get("seconds_per_image_quartiles")
+    if not quartiles:
+        return ""
+    return (f" (median of {evaluation.get('speed_repeats', 20)} runs; half of them between {quartiles[0]:.2f} and "
+            f"{quartiles[1]:.2f} s: the machine is a shared virtual machine)")
+
+
 def _parameters(folder: Path) -> dict[str, int]:
     from safetensors import safe_open
 
@@ -151,7 +159,7 @@ model: {evaluation['guidance_scale']:g}** (SD 1.x's is 7.5; a small model traine
 {rows}
 {default_table}
 - Speed: one 64x64 image, {evaluation['steps']} steps with guidance, batch 1, on this 2-core CPU:
-  **{evaluation['seconds_per_image']:.2f} s**.
+  **{evaluation['seconds_per_image']:.2f} s**{_spread(evaluation)}.
 
 ## Limits
 

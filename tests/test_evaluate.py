@@ -1,0 +1,88 @@
+"""The evaluation command and the model card it writes (the measurements themselves run in
+``python -m sdlearn.evaluate``; here each piece runs small, on the bundled model)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from sdlearn import evaluate, model_card, models, world
+
+FOLDER = models.BUNDLED_MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = StableDiffusionPipeline.from_pretrained(FOLDER, dtype=torch.float32, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("kind", ["full", "partial", "two"])
+def test_eval_prompts_are_what_they_say(kind):
+    prompts = evaluate.eval_prompts(kind, 30, seed=evaluate.HELD_OUT_SEED)
+    assert len(prompts) == 30
+    assert prompts == evaluate.eval_prompts(kind, 30, seed=evaluate.HELD_OUT_SEED)  # deterministic
+    for text, named in prompts:
+        assert len(named) == (2 if kind == "two" else 1)
+        assert all(obj["shape"] in text for obj in named)
+        if kind == "full":
+            assert set(named[0]) == set(world.ATTRIBUTES)
+        if kind == "partial":
+            assert set(named[0]) < set(world.ATTRIBUTES)
+    # validation prompts are other prompts than the held-out ones the card reports
+    assert prompts != evaluate.eval_prompts(kind, 30, seed=evaluate.VALIDATION_SEED)
+
+
+def test_zero_shot_prompts_vary_only_the_attribute_under_test():
+    obj = world.Obj("red", "square", "big", "left", (0.25, 0.5), 0.2)
+    prompts, classes = evaluate.zero_shot_prompts(obj, "colour")
+    assert classes == list(world.COLOURS) and prompts[0] == "a red square"
+    prompts, classes = evaluate.zero_shot_prompts(obj, "position")
+    assert prompts == [f"a square {world.POSITIONS[p][0]}" for p in classes]
+
+
+def test_prompt_following_counts_what_the_judge_says(pipe):
+    result = evaluate.prompt_following(pipe, count=4, steps=2, guidance_scale=4.0, batch_size=4)
+    assert set(result) == {"full", "partial", "two"}
+    for kind, r in result.items():
+        assert r["n"] == 4 and 0.0 <= r["all_named_right"] <= 1.0
+    # attributes every prompt of a kind names: an image with all of them right counts in each
+    for kind, always_named in (("full", world.ATTRIBUTES), ("two", ("colour", "shape", "position"))):
+        r = result[kind]
+        assert r["all_named_right"] <= min(r[a] for a in always_named) + 1e-9
+
+
+def test_best_guidance_takes_the_best_mean_and_the_smaller_scale_on_a_tie():
+    sweep = {2.0: {"mean": 0.8}, 3.0: {"mean": 0.9}, 4.0: {"mean": 0.9}, 7.5: {"mean": 0.7}}
+    assert evaluate.best_guidance(sweep) == 3.0
+
+
+def test_guidance_sweep_reports_each_scale(pipe):
+    sweep = evaluate.guidance_sweep(pipe, scales=(1.5, 4.0), count=2, steps=2)
+    assert set(sweep) == {1.5, 4.0}
+    for rates in sweep.values():
+        assert rates["mean"] == pytest.approx(np.mean([rates["full"], rates["partial"], rates["two"]]))
+
+
+def test_seconds_per_image_reports_median_and_quartiles(pipe):
+    speed = evaluate.seconds_per_image(pipe, steps=2, repeats=3)
+    assert speed["repeats"] == 3 and 0 < speed["q1"] <= speed["median"] <= speed["q3"]
+
+
+def test_the_card_shows_the_evaluation_it_was_written_from():
+    evaluation = json.loads((FOLDER / "evaluation.json").read_text())
+    card = model_card.render_card(FOLDER, evaluation)
+    assert card == (FOLDER / "README.md").read_text(), "the shipped card is not the one its evaluation.json renders"
+    assert f"{evaluation['vae_psnr_db']:.1f} dB" in card
+    assert f"Recommended guidance scale for this\nmodel: {evaluation['guidance_scale']:g}" in card
+    full = evaluation["prompt_following"]["full"]["all_named_right"]
+    assert f"{100 * full:.1f}%" in card
+
+
+def test_evaluate_command_refuses_a_folder_that_is_no_model(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(tmp_path)])
+    assert "is not a diffusers folder" in capsys.readouterr().err
