@@ -117,6 +117,19 @@ def tiny_model_dir(tiny_components, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def bundled_pipe():
+    """The bundled model as plain diffusers loads it: ``StableDiffusionPipeline.from_pretrained``, float32,
+    progress bar off. Shared by the session: treat as read-only."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdlearn.models import BUNDLED_MODEL_DIR
+
+    pipe = StableDiffusionPipeline.from_pretrained(BUNDLED_MODEL_DIR, dtype=torch.float32, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(autouse=True)
 def _grad_mode_is_left_as_found():
     """A test (or the code it calls) that switches autograd off globally breaks every later test that trains."""

@@ -5,20 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
 from sdlearn import models, world
 from sdlearn.recipe import Recipe, text_encoder_from_clip
 
 FOLDER = models.BUNDLED_MODEL_DIR
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = StableDiffusionPipeline.from_pretrained(FOLDER, dtype=torch.float32, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_standard_diffusers_layout_under_40_mb():
@@ -42,34 +34,36 @@ def test_weights_are_fp16_safetensors():
             assert dtypes == {"F16"}, (f, dtypes)
 
 
-def test_sd_architecture_facts(pipe):
-    assert pipe.vae.config.latent_channels == 4
-    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8
-    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    assert pipe.unet.config.sample_size * 8 >= 64
-    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings == 77
-    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
-    assert pipe.scheduler.config.prediction_type == "epsilon"
+def test_sd_architecture_facts(bundled_pipe):
+    assert bundled_pipe.vae.config.latent_channels == 4
+    assert 2 ** (len(bundled_pipe.vae.config.block_out_channels) - 1) == 8
+    assert bundled_pipe.unet.config.cross_attention_dim == bundled_pipe.text_encoder.config.hidden_size
+    assert bundled_pipe.unet.config.sample_size * 8 >= 64
+    text_positions = bundled_pipe.text_encoder.config.max_position_embeddings
+    assert bundled_pipe.tokenizer.model_max_length == text_positions == 77
+    assert bundled_pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert bundled_pipe.scheduler.config.prediction_type == "epsilon"
     # the scaling factor was measured, not copied from SD
-    assert pipe.vae.config.scaling_factor != 0.18215
+    assert bundled_pipe.vae.config.scaling_factor != 0.18215
 
 
-def test_scaling_factor_gives_unit_variance_latents(pipe):
+def test_scaling_factor_gives_unit_variance_latents(bundled_pipe):
     data = np.stack([world.sample(1000, i).image for i in range(64)])
     x = torch.from_numpy(data).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        latents = bundled_pipe.vae.encode(x).latent_dist.mean * bundled_pipe.vae.config.scaling_factor
     assert 0.85 < float(latents.std()) < 1.15
 
 
-def test_text_encoder_is_the_clip_text_tower(pipe):
+def test_text_encoder_is_the_clip_text_tower(bundled_pipe):
     from transformers import CLIPModel
 
     clip = CLIPModel.from_pretrained(FOLDER / "clip", dtype=torch.float32)
-    ids = pipe.tokenizer(["a red circle on the left"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = bundled_pipe.tokenizer(["a red circle on the left"], padding="max_length", max_length=77,
+                                 return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(text_encoder_from_clip(clip)(ids).last_hidden_state,
-                                   pipe.text_encoder(ids).last_hidden_state)
+                                   bundled_pipe.text_encoder(ids).last_hidden_state)
 
 
 def test_loader_default_is_the_bundled_model(monkeypatch):
@@ -95,9 +89,9 @@ EXPECTED_GRID = [
 ]
 
 
-def test_seeded_sample_has_not_changed(pipe):
-    image = pipe("a big red circle on the left", num_inference_steps=20, guidance_scale=7.5,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+def test_seeded_sample_has_not_changed(bundled_pipe):
+    image = bundled_pipe("a big red circle on the left", num_inference_steps=20, guidance_scale=7.5,
+                         generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (64, 64, 3)
     np.testing.assert_allclose(image[::8, ::8].mean(-1), np.array(EXPECTED_GRID), atol=2e-2)
     detections = world.analyse((image * 255).round().astype(np.uint8))
@@ -111,20 +105,20 @@ def card_evaluation():
     return json.loads((FOLDER / "evaluation.json").read_text())
 
 
-def test_vae_psnr_reproduces_the_model_card(pipe, card_evaluation):
+def test_vae_psnr_reproduces_the_model_card(bundled_pipe, card_evaluation):
     from sdlearn.evaluate import vae_psnr
 
-    assert vae_psnr(pipe.vae) == pytest.approx(card_evaluation["vae_psnr_db"], abs=0.05)
+    assert vae_psnr(bundled_pipe.vae) == pytest.approx(card_evaluation["vae_psnr_db"], abs=0.05)
     assert card_evaluation["vae_psnr_db"] >= 28
 
 
-def test_clip_zero_shot_reproduces_the_model_card(pipe, card_evaluation):
+def test_clip_zero_shot_reproduces_the_model_card(bundled_pipe, card_evaluation):
     from transformers import CLIPModel
 
     from sdlearn.evaluate import clip_zero_shot
 
     clip = CLIPModel.from_pretrained(FOLDER / "clip", dtype=torch.float32).eval()
-    measured = clip_zero_shot(clip, pipe.tokenizer)
+    measured = clip_zero_shot(clip, bundled_pipe.tokenizer)
     for attribute, accuracy in card_evaluation["clip_zero_shot"].items():
         assert measured[attribute] == pytest.approx(accuracy, abs=0.005), attribute
         assert accuracy >= 0.95, attribute

@@ -5,19 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from diffusers import StableDiffusionPipeline
 
 from sdlearn import evaluate, model_card, models, world
 
 FOLDER = models.BUNDLED_MODEL_DIR
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = StableDiffusionPipeline.from_pretrained(FOLDER, dtype=torch.float32, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize("kind", ["full", "partial", "two"])
@@ -44,8 +35,8 @@ def test_zero_shot_prompts_vary_only_the_attribute_under_test():
     assert prompts == [f"a square {world.POSITIONS[p][0]}" for p in classes]
 
 
-def test_prompt_following_counts_what_the_judge_says(pipe):
-    result = evaluate.prompt_following(pipe, count=4, steps=2, guidance_scale=4.0, batch_size=4)
+def test_prompt_following_counts_what_the_judge_says(bundled_pipe):
+    result = evaluate.prompt_following(bundled_pipe, count=4, steps=2, guidance_scale=4.0, batch_size=4)
     assert set(result) == {"full", "partial", "two"}
     for kind, r in result.items():
         assert r["n"] == 4 and 0.0 <= r["all_named_right"] <= 1.0
@@ -60,15 +51,15 @@ def test_best_guidance_takes_the_best_mean_and_the_smaller_scale_on_a_tie():
     assert evaluate.best_guidance(sweep) == 3.0
 
 
-def test_guidance_sweep_reports_each_scale(pipe):
-    sweep = evaluate.guidance_sweep(pipe, scales=(1.5, 4.0), count=2, steps=2)
+def test_guidance_sweep_reports_each_scale(bundled_pipe):
+    sweep = evaluate.guidance_sweep(bundled_pipe, scales=(1.5, 4.0), count=2, steps=2)
     assert set(sweep) == {1.5, 4.0}
     for rates in sweep.values():
         assert rates["mean"] == pytest.approx(np.mean([rates["full"], rates["partial"], rates["two"]]))
 
 
-def test_seconds_per_image_reports_median_and_quartiles(pipe):
-    speed = evaluate.seconds_per_image(pipe, steps=2, repeats=3)
+def test_seconds_per_image_reports_median_and_quartiles(bundled_pipe):
+    speed = evaluate.seconds_per_image(bundled_pipe, steps=2, repeats=3)
     assert speed["repeats"] == 3 and 0 < speed["q1"] <= speed["median"] <= speed["q3"]
 
 
