@@ -1,4 +1,5 @@
-"""Shared helpers for the diagram scripts ``images/make_*.py``: canvas, boxes, arrows, groups, and ``main``.
+"""Shared helpers for the diagram scripts ``images/make_*.py``: canvas, boxes, arrows, groups, footnotes,
+and ``main``.
 
 The scripts import this file as a sibling module (``import drawing``). That works because Python
 puts the folder of the script it runs first on ``sys.path``: ``python images/make_unet.py`` finds
@@ -69,6 +70,12 @@ def group(ax, x0, y0, x1, y1, label, colour, *, alpha=0.35, rounding=0.35, size=
     ax.add_patch(FancyBboxPatch((x0, y0), x1 - x0, y1 - y0, boxstyle=f"round,pad=0.02,rounding_size={rounding}",
                                 facecolor=colour, alpha=alpha, edgecolor=colour, linewidth=0))
     ax.text(x0 + 0.2, y1 - 0.3, label, ha="left", va="center", fontsize=size, weight="bold", color="#333333")
+
+
+def footnote(ax, x, y, text, *, linespacing=1.2) -> None:
+    """A small grey note, left-aligned at ``(x, y)``: the line under a diagram that gives SD 1.5's sizes
+    or says what a dashed or grey part means."""
+    ax.text(x, y, text, ha="left", va="center", fontsize=8.5, color="#444444", linespacing=linespacing)
 
 
 def main(draw: Callable[[], Figure], out: Path, description: str, *, fonttype: str = "none",

@@ -121,9 +121,8 @@ def draw() -> plt.Figure:
     box(ax, 1.6, y5, 2.0, 0.9, "image", colour="white", dashed=True, edge=GREY, size=9)
     arrow(ax, (2.65, y5), (3.55, y5), colour=GREY, dashed=True)
     arrow(ax, (8.45, y5), (9.8, y5), colour=GREY, dashed=True)
-    ax.text(0.3, 0.35, "Dashed: CLIP's vision tower, shipped with the bundled model only (in its clip/ folder); "
-            "Stable Diffusion itself uses just the text tower and its last_hidden_state.",
-            ha="left", va="center", fontsize=8.5, color="#444444")
+    drawing.footnote(ax, 0.3, 0.35, "Dashed: CLIP's vision tower, shipped with the bundled model only (in its clip/ "
+                     "folder); Stable Diffusion itself uses just the text tower and its last_hidden_state.")
     fig.tight_layout(pad=0.2)
     return fig
 

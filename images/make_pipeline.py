@@ -74,9 +74,8 @@ def draw() -> plt.Figure:
     box(ax, 23.5, 3.3, 2.3, 1.3, "image\n[3 × H × W]", colour="white", mono=True, size=9)
     arrow(ax, (21.8, 3.3), (22.35, 3.3))
 
-    ax.text(0.2, 1.0, "SD 1.5: d = 768, latents 4 × 64 × 64, image 3 × 512 × 512 (H = 8h, W = 8w).   "
-            "The VAE encoder is only needed for training and image-to-image.",
-            ha="left", va="center", fontsize=8.5, color="#444444")
+    drawing.footnote(ax, 0.2, 1.0, "SD 1.5: d = 768, latents 4 × 64 × 64, image 3 × 512 × 512 (H = 8h, W = 8w).   "
+                     "The VAE encoder is only needed for training and image-to-image.")
     fig.tight_layout(pad=0.2)
     return fig
 

@@ -70,10 +70,10 @@ def draw() -> plt.Figure:
     ax.text(21.3, 9.1, "gradient → AdamW step\non the UNet's weights only", ha="center", va="center",
             fontsize=8.5, color=RED)
 
-    ax.text(0.3, 0.8, "Grey boxes are frozen: CLIP and the VAE were trained before, so their outputs can be "
-            "computed once for the whole data set.\nEach step draws a fresh batch, fresh timesteps, fresh noise "
-            "and fresh dropped captions; SD 1.5: x [3 × 512 × 512], x₀ [4 × 64 × 64], c [77 × 768], T = 1000.",
-            ha="left", va="center", fontsize=8.5, color="#444444", linespacing=1.5)
+    drawing.footnote(ax, 0.3, 0.8, "Grey boxes are frozen: CLIP and the VAE were trained before, so their outputs "
+                     "can be computed once for the whole data set.\nEach step draws a fresh batch, fresh timesteps, "
+                     "fresh noise and fresh dropped captions; SD 1.5: x [3 × 512 × 512], x₀ [4 × 64 × 64], "
+                     "c [77 × 768], T = 1000.", linespacing=1.5)
     fig.tight_layout(pad=0.2)
     return fig
 

@@ -128,10 +128,9 @@ def draw(config: dict, bundled: dict | None) -> plt.Figure:
     if bundled is not None:
         b = levels(bundled)
         chans = "/".join(str(c) for _, c, _, _ in b["down"])
-        ax.text(0.2, -0.35, f"The bundled model has the same design with {len(b['down'])} levels: "
-                f"{b['side']}×{b['side']} → {b['mid'][1]}×{b['mid'][1]}, {chans} channels, "
-                f"{b['layers']} ResNet per down block, text width {b['cross_dim']}.",
-                ha="left", va="center", fontsize=8.5, color="#444444")
+        drawing.footnote(ax, 0.2, -0.35, f"The bundled model has the same design with {len(b['down'])} levels: "
+                         f"{b['side']}×{b['side']} → {b['mid'][1]}×{b['mid'][1]}, {chans} channels, "
+                         f"{b['layers']} ResNet per down block, text width {b['cross_dim']}.")
     fig.tight_layout(pad=0.2)
     return fig
 
