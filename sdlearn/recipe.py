@@ -1,13 +1,14 @@
 """The recipe that builds the bundled teaching model from nothing.
 
-    python -m sdlearn.recipe                    # everything, into build/recipe, then export
-    python -m sdlearn.recipe --scale 0.02       # a smoke run: 2% of every stage's steps
-    python -m sdlearn.recipe --out DIR          # export somewhere else
+    python -m sdlearn.recipe                # everything, in build/recipe, exported over the bundled model
+    python -m sdlearn.recipe --scale 0.02   # a smoke run: 2% of every stage's steps, into build/recipe/export
+    python -m sdlearn.recipe --out DIR      # export somewhere else
 
 Stages: render the toy world, build the tokenizer, train CLIP, train the VAE, measure
 the latent scaling factor, pre-encode latents and prompts, train the UNet, export a
 standard diffusers folder in fp16 safetensors, evaluate. Every stage checkpoints into
-the work folder and a second run resumes where the first stopped. Same seed, same
+the work folder and a second run resumes where the first stopped (with the same recipe: a
+work folder that holds another recipe's run is refused, not mixed in). Same seed, same
 model (up to the non-determinism of multithreaded CPU kernels).
 
 The recipe runs through Hugging Face Accelerate: on a GPU it uses the GPU, and
@@ -132,12 +133,36 @@ def _stage_done(folder: Path) -> bool:
     return (folder / "DONE").exists()
 
 
+def _check_same_recipe(recipe: Recipe, work: Path) -> None:
+    """Refuse to resume in ``work`` a run that was started with a different recipe.
+
+    A resumed stage is taken as it is, so a smoke run's 24-step CLIP would silently become part of
+    a full build (or a full build's stages of a changed recipe): the mix would match neither.
+    """
+    recorded = work / "recipe.json"
+    if not recorded.exists():
+        return
+    before = json.loads(recorded.read_text())
+    now = json.loads(json.dumps(asdict(recipe)))                         # tuples as lists, like the file
+    changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    if changed:
+        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(f"the work folder {work} holds a run of a different recipe ({shown}{more}); resuming "
+                         "would mix the two. Pass another work folder (--work DIR), or delete this one to start over.")
+
+
 def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluate: bool = True) -> dict:
-    """Run every stage (resuming finished or checkpointed ones) and export to ``out``."""
+    """Run every stage (resuming finished or checkpointed ones) and export to ``out``.
+
+    ``work`` keeps the checkpoints, the loss log and the timings; a second call with the same
+    recipe resumes there, one with another recipe raises ``ValueError``.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTokenizer
 
     work.mkdir(parents=True, exist_ok=True)
+    _check_same_recipe(recipe, work)
     (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
     log = work / "losses.csv"
     timings: dict[str, float] = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
@@ -249,7 +274,9 @@ def export(pipe, clip, out: Path, *, recipe: Recipe, timings: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdlearn.recipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("build/recipe"), help="checkpoints and logs (default: build/recipe)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_EXPORT, help=f"export folder (default: {DEFAULT_EXPORT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"export folder (default: the bundled model's, {DEFAULT_EXPORT}; with --scale, "
+                             "WORK/export, so that a smoke run never replaces the bundled model)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.02 = smoke run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after export")
@@ -262,8 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe(seed=args.seed)
     if args.scale != 1.0:
         recipe = recipe.scaled(args.scale)
-    report = run(recipe, args.work, args.out, evaluate=not args.no_eval)
+    out = args.out or (DEFAULT_EXPORT if args.scale == 1.0 else args.work / "export")
+    try:
+        _check_same_recipe(recipe, args.work)
+    except ValueError as err:
+        parser.error(str(err))
+    report = run(recipe, args.work, out, evaluate=not args.no_eval)
     print(json.dumps(report, indent=2))
+    print(f"exported to {out}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,6 @@
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +318,80 @@ def test_ema_update_is_the_moving_average_formula():
     train.ema_update(ema, model, decay=0.9)
     torch.testing.assert_close(ema.w.detach(), 0.9 * torch.tensor([1.0, 2.0, 3.0]) + 0.1 * torch.tensor([3.0, 2.0, -1.0]))
     torch.testing.assert_close(model.w.detach(), torch.tensor([3.0, 2.0, -1.0]))  # the model itself is untouched
+
+
+# --------------------------------------------------------------------------------------
+# The recipe command, end to end, on a miniature recipe (two steps a stage, narrow models):
+# it checks the plumbing (stages, resume, export), not the quality, which the model card measures.
+# --------------------------------------------------------------------------------------
+
+
+def miniature_recipe(**changes) -> recipe.Recipe:
+    r = recipe.Recipe(pool_size=64, clip_hidden=32, clip_text_layers=1, clip_vision_layers=1, clip_heads=2,
+                      clip_steps=2, clip_batch=8, vae_channels=(16, 16, 16, 16), vae_steps=2, vae_batch=4,
+                      unet_channels=(32, 32), unet_heads=2, unet_steps=2, unet_batch=4)
+    return dataclasses.replace(r, **changes)
+
+
+@pytest.fixture(scope="module")
+def miniature_build(tmp_path_factory):
+    work, out = tmp_path_factory.mktemp("recipe-work"), tmp_path_factory.mktemp("recipe-out")
+    report = recipe.run(miniature_recipe(), work, out, progress=False, evaluate=False)
+    return work, out, report
+
+
+def test_recipe_exports_a_folder_plain_diffusers_loads(miniature_build):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    work, out, report = miniature_build
+    assert set(report["timings_s"]) == {"render", "clip", "vae", "encode", "prompts", "unet"}
+    weights = sorted(out.glob("*/*.safetensors"))
+    assert {w.parent.name for w in weights} == {"clip", "text_encoder", "unet", "vae"}
+    for w in weights:
+        with safe_open(w, "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, w
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.block_out_channels == [32, 32]
+    assert pipe.vae.config.scaling_factor != 0.18215      # measured on the pool, not SD's
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    built = json.loads((out / "recipe.json").read_text())
+    assert built["recipe"]["unet_steps"] == 2 and built["timings_s"] == report["timings_s"]
+
+
+def test_recipe_resumes_finished_stages_without_training_again(miniature_build):
+    work, out, report = miniature_build
+    unet_file = work / "unet" / "final" / "diffusion_pytorch_model.safetensors"
+    before = unet_file.stat().st_mtime_ns
+    again = recipe.run(miniature_recipe(), work, out, progress=False, evaluate=False)
+    assert again["timings_s"] == report["timings_s"]     # the stages' recorded times, not new ones
+    assert unet_file.stat().st_mtime_ns == before
+
+
+def test_recipe_refuses_a_work_folder_of_another_recipe(miniature_build):
+    work, out, _ = miniature_build
+    with pytest.raises(ValueError, match=r"different recipe \(unet_steps 2 -> 3\).*--work"):
+        recipe.run(miniature_recipe(unet_steps=3), work, out, progress=False, evaluate=False)
+
+
+def test_recipe_command_smoke_run_does_not_export_over_the_bundled_model(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(recipe, "run", lambda r, work, out, **kw: seen.update(r=r, out=out) or {})
+    recipe.main(["--scale", "0.02", "--work", str(tmp_path / "w"), "--no-eval"])
+    assert seen["out"] == tmp_path / "w" / "export" and seen["r"].unet_steps == 64
+    recipe.main(["--work", str(tmp_path / "w2"), "--no-eval"])
+    assert seen["out"] == recipe.DEFAULT_EXPORT
+
+
+def test_recipe_command_reports_a_mismatched_work_folder(tmp_path, capsys):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe.Recipe().scaled(0.02))))
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(["--work", str(work), "--no-eval"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "holds a run of a different recipe (pool_size 2400 -> 24000, clip_steps 24 -> 1200" in message
