@@ -261,7 +261,13 @@ def _variant(comp: models.SDComponents, *, dtype: torch.dtype | None = None, cla
 
 def speed_lesson(comp, pipe, s: Setting, reference: Timing, *, device, warmup, repeats, memory, compile_mode,
                  calls, tolerance: float) -> None:
-    """Each variant is timed in turns with the pipeline's defaults, so both see the same machine."""
+    """Each variant is timed in turns with the pipeline's defaults, so both see the same machine.
+
+    Two speed-ups per variant: against the pipeline's turns in the same rows, and against the
+    pipeline's timing taken before any variant ran (``reference``). They should agree; where they
+    do not (after a ``torch.compile``, a CPU's pipeline turns were seen to slow down), the
+    fast-path verdict takes the smaller.
+    """
     low_precision = comp.dtype in (torch.float16, torch.bfloat16)
     variants: dict[str, dict] = {}
     if low_precision:
@@ -274,8 +280,9 @@ def speed_lesson(comp, pipe, s: Setting, reference: Timing, *, device, warmup, r
     print(f"\nSpeed lesson: the hand-written loop with one change at a time, against the pipeline's defaults "
           f"({str(comp.dtype).removeprefix('torch.')}, SDPA attention), timed in turns with it; image tolerance "
           f"max |difference| <= {tolerance:g}")
-    rows = [("variant", "s / image", "pipeline s / image", "speed-up", "max |image - pipeline's|", "")]
+    rows = [("variant", "s / image", "pipeline s / image", "speed-up", "vs first", "max |image - pipeline's|", "")]
     baseline = pipeline_run(pipe, s)
+    speedups = {}
     for name, changes in variants.items():
         began = time.perf_counter()
         variant = _variant(comp, **changes)
@@ -289,19 +296,24 @@ def speed_lesson(comp, pipe, s: Setting, reference: Timing, *, device, warmup, r
         difference = (t.image - reference.image).abs().max().item()
         ok = "within" if difference <= tolerance else "OUTSIDE tolerance"
         note = f"{ok}; first run incl. set-up {setup_s:.1f} s" if "compile" in name else ok
-        rows.append((name, f"{t.per_image:.3f}", f"{base.per_image:.3f}", f"{base.per_image / t.per_image:.2f}x",
+        in_turns, vs_first = base.per_image / t.per_image, reference.per_image / t.per_image
+        speedups[name] = min(in_turns, vs_first)
+        rows.append((name, f"{t.per_image:.3f}", f"{base.per_image:.3f}", f"{in_turns:.2f}x", f"{vs_first:.2f}x",
                      f"{difference:.2g}", note))
         del variant, run, first
         if device.type == "cuda":
             torch.cuda.empty_cache()
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print("\n".join("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    print("\n".join("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                     for r in rows))
-    fast = [r for r in rows if r[0].startswith("fast path")]
+    print(f"speed-up: the pipeline's median in the same turns / the variant's; vs first: the pipeline's median "
+          f"before any variant ran ({reference.per_image:.3f} s) / the variant's")
+    fast = [name for name in speedups if name.startswith("fast path")]
     if fast:
-        speedup = float(fast[0][3].rstrip("x"))
+        speedup = speedups[fast[0]]
         verdict = "meets" if speedup >= FAST_PATH_GOAL else "misses"
-        print(f"fast path: {speedup:.2f}x the pipeline's defaults ({verdict} the goal of {FAST_PATH_GOAL}x)")
+        print(f"fast path: {speedup:.2f}x the pipeline's defaults, the smaller of the two speed-ups "
+              f"({verdict} the goal of {FAST_PATH_GOAL}x)")
     elif not compile_mode:
         print("torch.compile not measured (--compile no, the default on a CPU); the fast path needs it")
 

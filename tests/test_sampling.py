@@ -8,6 +8,7 @@ map it back with 2 y - 1 (a rounding or two, about 1e-7).
 """
 
 import copy
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -260,6 +261,62 @@ def test_bundled_model_image_to_image_equals_pipeline(bundled):
     torch.testing.assert_close(result.images, pipe_images, **PIXEL_TOL)
 
 
+# --- float16: the GPU's number format, run on the CPU's float16 kernels ------------------------------
+# Notebook 06 runs in float16 on a GPU. CI has no GPU, but a CPU runs float16 too (slowly), so the float16
+# code paths and the notebook's float16 tolerances (latents 1e-2, pixels 3e-2) are checked here. On a CPU
+# both loops run the same float16 operations in the same order: the latents agree exactly. The images do
+# not: our decode upcasts the VAE to float32 (force_upcast), the SD 1.x pipeline decodes in float16.
+FLOAT16_IMAGE_TOL = dict(rtol=0, atol=3e-2)
+
+
+@pytest.fixture(scope="module")
+def bundled16(bundled):
+    comp, _ = bundled
+    half = {name: copy.deepcopy(getattr(comp, name)).to(torch.float16) for name in ("unet", "vae", "text_encoder")}
+    comp16 = dataclasses.replace(comp, dtype=torch.float16, pipeline=None, **half)
+    return comp16, comp16.make_pipeline()
+
+
+def test_float16_text_to_image_equals_pipeline(bundled16):
+    comp, pipe = bundled16
+    prompts = ["a big red circle on the left", "a small blue square on the right"]
+    settings = dict(num_inference_steps=4, guidance_scale=models.recommended_guidance_scale(comp))
+    pipe_latents, pipe_images = pipeline_latents_and_images(pipe, prompts, generator=gen(), **settings)
+    result = sampling.text_to_image(comp, prompts, generator=gen(), **settings)
+    assert result.latents.dtype == torch.float16 and comp.vae.dtype == torch.float16     # upcast, then put back
+    assert torch.equal(result.latents, pipe_latents)
+    torch.testing.assert_close(result.images, pipe_images.float(), **FLOAT16_IMAGE_TOL)
+    assert (result.images - pipe_images.float()).abs().max() > 0    # the two decodes do differ: float32 / float16
+
+
+def test_float16_image_to_image_equals_pipeline_built_with_from_pipe(bundled16):
+    comp, pipe = bundled16
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe, dtype=pipe.dtype)      # as notebook 06 builds it
+    img2img.set_progress_bar_config(disable=True)
+    assert img2img.unet is comp.unet and comp.unet.dtype == comp.vae.dtype == torch.float16
+    pixels = torch.rand(1, 3, comp.image_size, comp.image_size, generator=gen(7))
+    settings = dict(strength=0.5, num_inference_steps=6, guidance_scale=4.0)
+    pipe_latents, pipe_images = pipeline_latents_and_images(img2img, "a big blue square", image=pixels,
+                                                            generator=gen(2), **settings)
+    result = sampling.image_to_image(comp, "a big blue square", 2.0 * pixels - 1.0, generator=gen(2), **settings)
+    assert torch.equal(result.latents, pipe_latents)
+    torch.testing.assert_close(result.images, pipe_images.float(), **FLOAT16_IMAGE_TOL)
+
+
+def test_from_pipe_without_a_dtype_converts_the_shared_parts_to_float32(bundled):
+    """What notebook 06 says of diffusers' from_pipe (issue #12754). If this fails, diffusers changed: the
+    notebook's explanation of `dtype=pipe.dtype` must change with it."""
+    comp, _ = bundled
+    parts = {name: copy.deepcopy(getattr(comp, name)).to(torch.float16) for name in ("unet", "vae", "text_encoder")}
+    pipe = make_pipeline(dataclasses.replace(comp, dtype=torch.float16, pipeline=None, **parts), comp.scheduler)
+    unet16 = parts["unet"]
+    StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    assert unet16.dtype == torch.float32                        # the shared U-Net itself, not a copy
+    unet16.to(torch.float16)
+    StableDiffusionImg2ImgPipeline.from_pipe(pipe, dtype=torch.float16)
+    assert unet16.dtype == torch.float16
+
+
 # --- the pieces ----------------------------------------------------------------------------------
 
 
@@ -499,20 +556,27 @@ def _benchmark_module():
     return module
 
 
-def test_benchmark_script_runs_on_cpu(tiny_model_dir, capsys):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_benchmark_script_runs_on_cpu(tiny_model_dir, capsys, dtype):
+    """fp32 is the CPU's run; bf16 (which a CPU can run) takes the low-precision branches a GPU's fp16 run takes."""
     bench = _benchmark_module()
     timings = bench.main(["--device", "cpu", "--model", str(tiny_model_dir), "--height", "32", "--width", "32",
                           "--steps", "2", "--warmup", "0", "--repeats", "2", "--guidance", "3", "--lesson",
-                          "--memory", "--memory-size", "64"])
+                          "--memory", "--memory-size", "64", "--dtype", dtype])
     out = capsys.readouterr().out
     hand, pipe = timings["hand-written loop"], timings["StableDiffusionPipeline"]
     assert len(hand.seconds) == len(pipe.seconds) == 2 and hand.unet_calls == 2
     assert hand.peak_bytes > 0 and hand.per_image > 0
-    torch.testing.assert_close(hand.image, pipe.image, **PIXEL_TOL)          # the same picture, timed
-    for text in ("hand-written loop", "StableDiffusionPipeline", "ratio hand / pipeline", "Speed lesson",
+    if dtype == "fp32":
+        torch.testing.assert_close(hand.image, pipe.image, **PIXEL_TOL)      # the same picture, timed
+    else:   # the hand-written loop decodes in the VAE's dtype too (upcast_vae=False): one rounding of bfloat16
+        torch.testing.assert_close(hand.image, pipe.image, rtol=0, atol=2 ** -7)
+    for text in ("hand-written loop", "StableDiffusionPipeline", "ratio hand / pipeline", "Speed lesson", "vs first",
                  "classic attention (AttnProcessor)", "channels_last", "Memory lesson", "attention slicing",
                  "VAE tiling", "torch.compile not measured"):
         assert text in out, text
+    assert ("float32 instead of bfloat16" in out) == (dtype == "bf16")
+    assert "OUTSIDE tolerance" not in out
     assert torch.is_grad_enabled(), "the benchmark must leave the caller's grad mode as it found it"
 
 
