@@ -580,6 +580,20 @@ def test_benchmark_script_runs_on_cpu(tiny_model_dir, capsys, dtype):
     assert torch.is_grad_enabled(), "the benchmark must leave the caller's grad mode as it found it"
 
 
+def test_benchmark_ratio_pairs_the_runs_taken_side_by_side():
+    """A machine that slows down for the last two turns, and one hand-written run that alone caught a pause:
+    the pairs say 1, the ratio of the medians says 2."""
+    bench = _benchmark_module()
+    image = torch.zeros(1, 3, 2, 2)
+    hand = bench.Timing("hand", [1.0, 1.0, 2.0, 2.0, 2.0], 0, image, unet_calls=1, batch=1)
+    pipe = bench.Timing("pipe", [1.0, 1.0, 1.0, 2.0, 2.0], 0, image, unet_calls=1, batch=1)
+    assert hand.median / pipe.median == 2.0 and bench.paired_ratio(hand, pipe) == 1.0
+    slow = bench.Timing("slow", [1.1, 1.1, 2.2, 2.2, 2.2], 0, image, unet_calls=1, batch=1)
+    assert bench.paired_ratio(slow, hand) == pytest.approx(1.1)
+    with pytest.raises(ValueError):                               # unpaired runs are refused, not truncated
+        bench.paired_ratio(hand, bench.Timing("short", [1.0], 0, image, unet_calls=1, batch=1))
+
+
 def test_benchmark_script_refuses_impossible_settings(tiny_model_dir):
     bench = _benchmark_module()
     with pytest.raises(SystemExit, match="float16 was requested on the CPU"):
