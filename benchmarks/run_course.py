@@ -20,8 +20,8 @@ checks those. The report, ``report.md`` in the same folder, holds the machine, t
 the table of times (the README's run-time column) and the benchmark's whole output.
 
 A machine without internet (like the course's lent GPU machines) needs the course's packages
-carried to it as wheels: diffusers, nbclient, nbformat, ipykernel, ipywidgets, matplotlib and
-the rest of ``pyproject.toml``'s dependencies.
+carried to it as wheels: ``gpu_kit.py`` beside this script makes them, and runs this script and
+the benchmark there step by step in a fixed time.
 """
 
 from __future__ import annotations
@@ -127,9 +127,17 @@ def machine_lines() -> list[str]:
 
 
 def run_benchmark(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    command = [sys.executable, str(ROOT / "benchmarks" / "sampling_speed.py"), *args]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-    return done.returncode, f"$ python benchmarks/sampling_speed.py {shlex.join(args)}\n{done.stdout}{done.stderr}"
+    """Run sampling_speed.py; its lines are printed as they come (a run stopped half way has shown what it
+    measured) and returned with its exit code."""
+    command = [sys.executable, "-u", str(ROOT / "benchmarks" / "sampling_speed.py"), *args]
+    lines = [f"$ python benchmarks/sampling_speed.py {shlex.join(args)}\n"]
+    print(lines[0], end="", flush=True)
+    with subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    return process.returncode, "".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header), flush=True)
 
     rows, reported, failed = [], [], 0          # failed: notebooks that did not run to the end
+
+    def report_so_far() -> list[str]:
+        lines = ["# The course, run on this machine", "", "```", *header,
+                 f"notebooks: SDLEARN_DEVICE={env.get('SDLEARN_DEVICE', '(unset: the best device)')}, "
+                 f"SDLEARN_MODEL={env.get('SDLEARN_MODEL', '(unset: bundled)')}", "```", "",
+                 "| notebook | wall time (kernel start included) | result |", "| --- | --- | --- |", *rows, ""]
+        if len(rows) < len(notebooks):
+            lines += [f"Not run (yet): {', '.join(p.stem for p in notebooks[len(rows):])}", ""]
+        if reported:
+            lines += ["What the notebooks report of the GPU run:", "", "```", *reported, "```", ""]
+        return lines
+
     for path in notebooks:
         print(f"running {path.name} ...", flush=True)
         seconds, error, printed = execute(path, out, env, args.timeout)
@@ -165,13 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| `{path.stem}` | {seconds:.0f} s | {'ran to the end' if error is None else 'FAILED: ' + error} |")
         reported += [f"{path.stem}: {line}" for line in REPORTED_LINE.findall(printed)]
         print(rows[-1], flush=True)
+        (out / "report.md").write_text("\n".join(report_so_far()))    # after each notebook: a run cut short keeps it
 
-    report = ["# The course, run on this machine", "", "```", *header,
-              f"notebooks: SDLEARN_DEVICE={env.get('SDLEARN_DEVICE', '(unset: the best device)')}, "
-              f"SDLEARN_MODEL={env.get('SDLEARN_MODEL', '(unset: bundled)')}", "```", "",
-              "| notebook | wall time (kernel start included) | result |", "| --- | --- | --- |", *rows, ""]
-    if reported:
-        report += ["What the notebooks report of the GPU run:", "", "```", *reported, "```", ""]
+    report = report_so_far()
     bench_code = 0
     if args.benchmark:
         import torch
@@ -182,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         bench_code, text = run_benchmark(bench_args, env)
         report += ["## The sampling benchmark" + ("" if bench_code == 0 else f" (FAILED, exit code {bench_code})"), "",
                    "```", text.rstrip(), "```", ""]
-        print(text, flush=True)
     (out / "report.md").write_text("\n".join(report))
     print(f"\n{len(notebooks) - failed} of {len(notebooks)} notebooks ran to the end"
           f"{'; the benchmark ' + ('ran' if bench_code == 0 else 'FAILED') if args.benchmark else ''}. "

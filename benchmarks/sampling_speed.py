@@ -295,6 +295,7 @@ def speed_lesson(comp, pipe, s: Setting, reference: Timing, *, device, warmup, r
     baseline = pipeline_run(pipe, s)
     speedups = {}
     for name, changes in variants.items():
+        print(f"  {name}: {'compiling, then ' if 'compile' in name else ''}timing ...", flush=True)
         began = time.perf_counter()
         variant = _variant(comp, **changes)
         run = hand_run(variant, s)
@@ -311,6 +312,8 @@ def speed_lesson(comp, pipe, s: Setting, reference: Timing, *, device, warmup, r
         speedups[name] = min(in_turns, vs_first)
         rows.append((name, f"{t.per_image:.3f}", f"{base.per_image:.3f}", f"{in_turns:.2f}x", f"{vs_first:.2f}x",
                      f"{difference:.2g}", note))
+        print(f"  {name}: {t.per_image:.3f} s / image, {in_turns:.2f}x in turns, {vs_first:.2f}x vs first; {note}",
+              flush=True)     # the table below repeats it; this line survives a run stopped before the table
         del variant, run, first
         if device.type == "cuda":
             torch.cuda.empty_cache()

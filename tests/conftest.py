@@ -6,7 +6,10 @@ setting, so nothing here (or in a test) can download.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -14,6 +17,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "on", "the", "left", "right", "photo", "of")
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -138,3 +142,18 @@ def _grad_mode_is_left_as_found():
         torch.set_grad_enabled(True)
         pytest.fail("autograd was left switched off (torch.set_grad_enabled(False) without restoring it); "
                     "use `with torch.no_grad():` instead")
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import one of the repository's scripts by its path: ``load_script("benchmarks/run_course.py")``."""
+
+    def load(relative: str):
+        path = ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module                    # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

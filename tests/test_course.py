@@ -1,19 +1,11 @@
 """course.py, the script behind the README's two commands."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def course():
-    spec = importlib.util.spec_from_file_location("course", ROOT / "course.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def course(load_script):
+    return load_script("course.py")
 
 
 def test_torch_choice_follows_the_machine(course, monkeypatch):

@@ -1,7 +1,5 @@
 """benchmarks/run_course.py, the GPU checklist in one command, run here on the CPU."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
@@ -11,12 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_course():
-    spec = importlib.util.spec_from_file_location("run_course", ROOT / "benchmarks" / "run_course.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def run_course(load_script):
+    return load_script("benchmarks/run_course.py")
 
 
 def test_runs_a_notebook_and_the_benchmark_and_writes_the_report(run_course, tiny_model_dir, tmp_path):
@@ -52,3 +46,17 @@ def test_names_that_are_not_one_notebook_are_refused(run_course):
         run_course.main(["0"])
     with pytest.raises(SystemExit, match="does not exist"):
         run_course.main(["no_such.ipynb"])
+
+
+def test_the_report_is_written_after_each_notebook(run_course, tmp_path):
+    """A run stopped half way (a time limit on a lent GPU) keeps the report of what it ran so far."""
+    out = tmp_path / "run"
+    first, second = tmp_path / "first.ipynb", tmp_path / "second.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), first)
+    check = ("from pathlib import Path\n"
+             "report = Path('run/report.md').read_text()\n"
+             "assert '| `first` |' in report and 'Not run (yet): second' in report, report")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(check)]), second)
+    assert run_course.main([str(first), str(second), "--device", "cpu", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| `second` |" in report and "Not run" not in report

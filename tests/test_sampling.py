@@ -9,8 +9,7 @@ map it back with 2 y - 1 (a rounding or two, about 1e-7).
 
 import copy
 import dataclasses
-import importlib.util
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
@@ -548,18 +547,14 @@ class _FakeGenerator:
 # --- the benchmark script, on a tiny run -----------------------------------------------------------
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("sampling_speed", ROOT / "benchmarks" / "sampling_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                    # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench(load_script):
+    return load_script("benchmarks/sampling_speed.py")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_benchmark_script_runs_on_cpu(tiny_model_dir, capsys, dtype):
+def test_benchmark_script_runs_on_cpu(bench, tiny_model_dir, capsys, dtype):
     """fp32 is the CPU's run; bf16 (which a CPU can run) takes the low-precision branches a GPU's fp16 run takes."""
-    bench = _benchmark_module()
     timings = bench.main(["--device", "cpu", "--model", str(tiny_model_dir), "--height", "32", "--width", "32",
                           "--steps", "2", "--warmup", "0", "--repeats", "2", "--guidance", "3", "--lesson",
                           "--memory", "--memory-size", "64", "--dtype", dtype])
@@ -577,13 +572,13 @@ def test_benchmark_script_runs_on_cpu(tiny_model_dir, capsys, dtype):
         assert text in out, text
     assert ("float32 instead of bfloat16" in out) == (dtype == "bf16")
     assert "OUTSIDE tolerance" not in out
+    assert re.search(r"^  channels_last: [0-9.]+ s / image, [0-9.]+x in turns, [0-9.]+x vs first; within$", out, re.M)
     assert torch.is_grad_enabled(), "the benchmark must leave the caller's grad mode as it found it"
 
 
-def test_benchmark_ratio_pairs_the_runs_taken_side_by_side():
+def test_benchmark_ratio_pairs_the_runs_taken_side_by_side(bench):
     """A machine that slows down for the last two turns, and one hand-written run that alone caught a pause:
     the pairs say 1, the ratio of the medians says 2."""
-    bench = _benchmark_module()
     image = torch.zeros(1, 3, 2, 2)
     hand = bench.Timing("hand", [1.0, 1.0, 2.0, 2.0, 2.0], 0, image, unet_calls=1, batch=1)
     pipe = bench.Timing("pipe", [1.0, 1.0, 1.0, 2.0, 2.0], 0, image, unet_calls=1, batch=1)
@@ -594,8 +589,7 @@ def test_benchmark_ratio_pairs_the_runs_taken_side_by_side():
         bench.paired_ratio(hand, bench.Timing("short", [1.0], 0, image, unet_calls=1, batch=1))
 
 
-def test_benchmark_script_refuses_impossible_settings(tiny_model_dir):
-    bench = _benchmark_module()
+def test_benchmark_script_refuses_impossible_settings(bench, tiny_model_dir):
     with pytest.raises(SystemExit, match="float16 was requested on the CPU"):
         bench.main(["--device", "cpu", "--dtype", "fp16", "--model", str(tiny_model_dir)])
     with pytest.raises(SystemExit):
