@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the models it uses are local; n
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from sdlearn import models, sampling  # noqa: E402
 from sdlearn.device import resolve  # noqa: E402
