@@ -346,8 +346,7 @@ def check(args: argparse.Namespace) -> int:
             continue
         print(f"\n[gpu_kit] {step.name}: up to {left:.0f} s", flush=True)
         began = time.monotonic()
-        log_name = "notebooks.log" if step.name == "notebooks" else f"{step.name}.log"
-        with open(out / log_name, "w") as log:
+        with open(out / f"{step.name}.log", "w") as log:
             if step.name == "setup":
                 step.status, env = install_wheels(args.wheels, log, env, left * 0.8)
                 if shutil.which("nvidia-smi"):
@@ -373,19 +372,18 @@ def check(args: argparse.Namespace) -> int:
         step.seconds = time.monotonic() - began
 
     zipped = zip_notebooks([work / "notebook06", work / "notebooks"], out / "notebooks.zip")
+    table = ["| step | seconds | status | log |", "| --- | --- | --- | --- |"]
+    table += [f"| {s.name} | {s.seconds:.0f} | {s.status} | {s.name + '.log' if s.seconds else ''} |" for s in steps]
     summary = ["# The GPU checklist, run by benchmarks/gpu_kit.py check", "",
                f"budget {args.budget:.0f} s, CUDA {'yes' if cuda else 'no' if cuda is not None else 'not asked'}", "",
-               "| step | seconds | status | log |", "| --- | --- | --- | --- |"]
-    summary += [f"| {s.name} | {s.seconds:.0f} | {s.status} | "
-                f"{('notebooks.log' if s.name == 'notebooks' else s.name + '.log') if s.seconds else ''} |"
-                for s in steps]
+               *table]
     for name in ("notebook06", "notebooks"):
         report = work / name / "report.md"
         if report.is_file():                      # its title becomes a section of the summary
             summary += ["", f"## {name}: run_course.py's report", *report.read_text().splitlines()[1:]]
     summary += ["", f"notebooks.zip: {zipped} executed notebooks and reports" if zipped else ""]
     (out / "summary.md").write_text("\n".join(summary) + "\n")
-    print("\n" + "\n".join(summary[4:4 + len(steps) + 2]), flush=True)
+    print("\n" + "\n".join(table), flush=True)
     return 0 if all(s.status.startswith("ok") for s in steps) else 1
 
 
