@@ -12,6 +12,8 @@ Prints, and returns as a dict:
   analysis against the world's definitions; no model involved), for full captions,
   partial captions and two-object captions, on *held-out* prompts and seeds, at the chosen
   scale and at Stable Diffusion's default 7.5;
+- the same at guidance 7.5 under each sampler SD 1.x is commonly run with, at the step counts
+  its users and tutorials use (:data:`SD_SAMPLERS`, :func:`sampler_table`);
 - seconds for one image (20 steps, classifier-free guidance) on this machine.
 
 Held-out data comes from seeds the recipe never trains on (1000 and up); the guidance
@@ -35,6 +37,16 @@ HELD_OUT_SEED = 1000
 VALIDATION_SEED = HELD_OUT_SEED + 10_000   # prompts and seeds for choosing the guidance scale
 SD_DEFAULT_GUIDANCE = 7.5               # StableDiffusionPipeline's default guidance_scale
 SWEEP_SCALES = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
+#: The samplers SD 1.x users and tutorials run, each at its usual number of steps: (name, diffusers
+#: class, steps). Each is made ``from_config`` of the model's own scheduler config, as tutorials make it.
+SD_SAMPLERS = (
+    ("PNDM", "PNDMScheduler", 50),                   # SD 1.5's own scheduler and step count
+    ("LMS", "LMSDiscreteScheduler", 30),             # the fast.ai Deep Dive's
+    ("Euler", "EulerDiscreteScheduler", 30),
+    ("Euler ancestral", "EulerAncestralDiscreteScheduler", 30),
+    ("DPM-Solver++", "DPMSolverMultistepScheduler", 25),
+    ("DDIM", "DDIMScheduler", 50),
+)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -151,6 +163,44 @@ def prompt_following(pipe, *, count: int = 240, steps: int = 20, guidance_scale:
     return results
 
 
+def all_prompts_rate(following: dict) -> float:
+    """The card's headline figure: the share of all generations (full, partial, two) with every named
+    attribute right. The kinds have equal counts, so it is the mean of their rates."""
+    return float(np.mean([r["all_named_right"] for r in following.values()]))
+
+
+def sampler_table(pipe, *, guidance_scale: float = SD_DEFAULT_GUIDANCE, count: int = 240,
+                  seed: int = HELD_OUT_SEED + 2, samplers=SD_SAMPLERS, progress: bool = False) -> dict[str, dict]:
+    """Prompt following (:func:`prompt_following`) under each sampler of :data:`SD_SAMPLERS`.
+
+    Each scheduler is built with ``from_config(pipe.scheduler.config)``; the pipeline's own
+    scheduler is put back afterwards. Returns ``{name: {"steps", "full", "partial", "two", "all"}}``.
+    """
+    import diffusers
+
+    own = pipe.scheduler
+    table = {}
+    try:
+        for name, class_name, steps in samplers:
+            pipe.scheduler = getattr(diffusers, class_name).from_config(own.config)
+            result = prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                                      progress=progress)
+            table[name] = {"steps": steps, **{kind: r["all_named_right"] for kind, r in result.items()},
+                           "all": all_prompts_rate(result)}
+    finally:
+        pipe.scheduler = own
+    return table
+
+
+def format_sampler_table(table: dict[str, dict]) -> str:
+    """:func:`sampler_table` as a Markdown table: sampler, steps, the three kinds and all prompts, in %."""
+    lines = ["| sampler | steps | full | partial | two objects | all prompts |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in table.items():
+        lines.append(f"| {name} | {row['steps']} | " + " | ".join(f"{100 * row[k]:.1f}%" for k in
+                                                                ("full", "partial", "two", "all")) + " |")
+    return "\n".join(lines)
+
+
 def guidance_sweep(pipe, *, scales=SWEEP_SCALES, count: int = 180, steps: int = 20,
                    seed: int = VALIDATION_SEED, progress: bool = False) -> dict[float, dict[str, float]]:
     """Prompt following at each guidance scale, on validation prompts and seeds.
@@ -219,6 +269,10 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     if guidance_scale != SD_DEFAULT_GUIDANCE:
         report["prompt_following_at_sd_default"] = _rounded(
             prompt_following(pipe, count=count, steps=steps, guidance_scale=SD_DEFAULT_GUIDANCE, progress=progress))
+    report["scheduler"] = type(pipe.scheduler).__name__
+    report["samplers_at_sd_default"] = {
+        name: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        for name, row in sampler_table(pipe, count=count, progress=progress).items()}
     speed = seconds_per_image(pipe, steps=steps, guidance_scale=guidance_scale)
     report["seconds_per_image"] = round(speed["median"], 3)
     report["seconds_per_image_quartiles"] = [round(speed["q1"], 3), round(speed["q3"], 3)]
@@ -246,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate(args.model, count=args.n, steps=args.steps, guidance_scale=args.guidance, progress=True)
     text = json.dumps(report, indent=2)
     print(text)
+    print(f"\nPrompt following at guidance {SD_DEFAULT_GUIDANCE} (every named attribute right, held-out prompts "
+          "and seeds):\n")
+    print(format_sampler_table(report["samplers_at_sd_default"]))
     if args.json:
         args.json.write_text(text + "\n")
     if args.write_card:

@@ -28,6 +28,7 @@ import torch
 
 from . import train, world
 from .tokenizer import build_tokenizer, save_tokenizer_files
+from .vae import fold_scaling_factor
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EXPORT = ROOT / "bundled" / "sdlearn-tiny"
@@ -82,8 +83,21 @@ def noise_scheduler_config() -> dict:
 
 
 def sampling_scheduler_config() -> dict:
-    """The scheduler the exported folder ships: DDIM with SD 1.x's settings."""
-    return {**noise_scheduler_config(), "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+    """The scheduler config the exported folder ships: SD 1.5's, key for key (PNDM, its keys only).
+
+    Only SD 1.5's keys, so that ``OtherScheduler.from_config(pipe.scheduler.config)`` gives each
+    scheduler its own defaults (its timestep spacing above all), as it does on SD 1.5.
+    """
+    from .models import load_sd15_configs
+
+    return dict(load_sd15_configs()["scheduler"])
+
+
+def sd_scaling_factor() -> float:
+    """SD 1.x's latent scaling factor (0.18215), read from SD 1.5's VAE config."""
+    from .models import load_sd15_configs
+
+    return float(load_sd15_configs()["vae"]["scaling_factor"])
 
 
 def clip_config(r: Recipe, tokenizer):
@@ -158,7 +172,7 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     ``work`` keeps the checkpoints, the loss log and the timings; a second call with the same
     recipe resumes there, one with another recipe raises ``ValueError``.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTokenizer
 
     work.mkdir(parents=True, exist_ok=True)
@@ -213,10 +227,14 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
         (vae_dir / "DONE").touch()
     vae.eval().requires_grad_(False)
 
-    # 3. Latents, scaling factor, prompt table
+    # 3. Latents, scaling factor, prompt table. The factor that gives the latents unit variance is
+    # measured (1 / std), then folded into the VAE so that its config holds SD's 0.18215 and code
+    # written for SD 1.x (which hard-codes 0.18215) decodes this model's latents right.
     mean, std = timed("encode", lambda: train.encode_pool(vae, data, progress=progress))
-    scaling_factor = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=round(scaling_factor, 5))
+    measured = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=measured)
+    k = fold_scaling_factor(vae, sd_scaling_factor())
+    mean, std = mean * k, std * k                        # the pool's latents in the folded VAE's units
     captions = train.all_captions()
     table = timed("prompts", lambda: train.encode_prompts(tokenizer, text_encoder, captions))
     latent_data = train.LatentData(mean, std, data.scenes, table, {c: i for i, c in enumerate(captions)},
@@ -243,9 +261,9 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
 
     # 5. Export: a standard diffusers folder, fp16 safetensors, plus the full CLIP in clip/
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
-                                   unet=unet, scheduler=DDIMScheduler(**sampling_scheduler_config()),
+                                   unet=unet, scheduler=PNDMScheduler.from_config(sampling_scheduler_config()),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    export(pipe, clip, out, recipe=recipe, timings=timings)
+    export(pipe, clip, out, recipe=recipe, timings=timings, measured_scaling_factor=measured)
     report = {"timings_s": timings}
     if evaluate:
         from . import evaluate as ev
@@ -257,8 +275,12 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     return report
 
 
-def export(pipe, clip, out: Path, *, recipe: Recipe, timings: dict) -> None:
-    """Save ``pipe`` in fp16 safetensors as a standard diffusers folder, and ``clip`` in ``out/clip``."""
+def export(pipe, clip, out: Path, *, recipe: Recipe, timings: dict, measured_scaling_factor: float | None = None) -> None:
+    """Save ``pipe`` in fp16 safetensors as a standard diffusers folder, and ``clip`` in ``out/clip``.
+
+    ``recipe.json`` records the recipe, the stages' timings and the latent scaling factor the VAE
+    measured before it was folded to SD's (:func:`sdlearn.vae.fold_scaling_factor`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     # transformers 5 writes only tokenizer.json; SD 1.x folders also carry vocab.json and
@@ -268,7 +290,37 @@ def export(pipe, clip, out: Path, *, recipe: Recipe, timings: dict) -> None:
     clip.to(torch.float16).save_pretrained(out / "clip", safe_serialization=True)
     pipe.to(torch.float32)
     clip.to(torch.float32)
-    (out / "recipe.json").write_text(json.dumps({"recipe": asdict(recipe), "timings_s": timings}, indent=2) + "\n")
+    write_sd_conventions(out)
+    meta = {"recipe": asdict(recipe), "timings_s": timings}
+    if measured_scaling_factor is not None:
+        meta["measured_scaling_factor"] = round(float(measured_scaling_factor), 5)
+    (out / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_sd_conventions(folder: Path) -> None:
+    """Make the saved configs say what SD 1.5's say, where saving in fp16 or diffusers' defaults differ.
+
+    - ``text_encoder/config.json`` and ``clip/config.json``: ``"dtype": "float32"``. transformers
+      writes the dtype the weights were saved in (float16) and loads a model in its config's dtype,
+      while diffusers loads the U-Net and VAE in float32: without this, code that loads the parts
+      with no dtype (as SD tutorials do) mixes half and float and fails at the first U-Net call.
+      The weights stay fp16 on disk; they are upcast on loading.
+    - ``scheduler/scheduler_config.json``: SD 1.5's keys only (:func:`sampling_scheduler_config`),
+      not every argument of the class, so that other schedulers made ``from_config`` keep their own defaults.
+    - no ``_name_or_path``: where a part was loaded from before it was saved is not part of the model.
+    """
+    for path in [folder / "model_index.json", *folder.glob("*/config.json")]:
+        config = json.loads(path.read_text())
+        changed = config.pop("_name_or_path", None) is not None
+        if path.parent.name in ("text_encoder", "clip"):
+            config["dtype"], changed = "float32", True
+        if changed:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    path = folder / "scheduler" / "scheduler_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({"_class_name": saved["_class_name"], "_diffusers_version": saved["_diffusers_version"],
+                                **{k: v for k, v in sampling_scheduler_config().items() if k != "_class_name"}},
+                               indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -173,7 +174,47 @@ def fresh_scheduler(scheduler):
     :func:`text_to_image` never touches the scheduler it is given.
     """
     _check_scheduler(scheduler)
-    return type(scheduler).from_config(scheduler.config)
+    config = dict(scheduler.config)
+    # ``from_config`` re-derives the keys listed in ``_use_default_values`` from the class's defaults.
+    # A key changed after construction (StableDiffusionPipeline sets an old config's steps_offset 0
+    # to 1) stays on that list, so keep on it only the keys that still hold their default.
+    defaults = {name: p.default for name, p in inspect.signature(type(scheduler).__init__).parameters.items()}
+    config["_use_default_values"] = [k for k in config.get("_use_default_values", [])
+                                     if k in defaults and _same(config.get(k), defaults[k])]
+    return type(scheduler).from_config(config)
+
+
+def _same(a, b) -> bool:
+    """Config values equal (a list read from JSON equals the tuple default it came from)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def as_the_pipeline_reads_it(scheduler):
+    """``scheduler`` with the two corrections ``StableDiffusionPipeline.__init__`` makes to old configs.
+
+    Early SD checkpoints shipped scheduler configs with ``steps_offset: 0`` (timesteps 980, 960,
+    ... 0 instead of 981, ... 1) or ``clip_sample: true`` (x0_hat clipped to [-1, 1], wrong for
+    latents). The pipeline rewrites them to 1 and False, with a deprecation warning, and the
+    loop here does the same, so both visit the same timesteps. Returns ``scheduler`` itself
+    when there is nothing to correct, else a new one (with a warning that says what changed).
+    """
+    fixes = {}
+    if scheduler.config.get("steps_offset", 1) != 1:
+        fixes["steps_offset"] = 1
+    if scheduler.config.get("clip_sample", False) is True:
+        fixes["clip_sample"] = False
+    if not fixes:
+        return scheduler
+    was = ", ".join(f"{k}={scheduler.config.get(k)!r}" for k in fixes)
+    now = ", ".join(f"{k}={v!r}" for k, v in fixes.items())
+    warnings.warn(
+        f"this {type(scheduler).__name__}'s config is outdated ({was}); StableDiffusionPipeline runs it with "
+        f"{now}, and so does this loop. To silence this, fix the config: "
+        f"{type(scheduler).__name__}.from_config(scheduler.config, {now}).",
+        UserWarning, stacklevel=3)
+    return type(scheduler).from_config(dict(scheduler.config), **fixes)
 
 
 # --------------------------------------------------------------------------------------
@@ -335,6 +376,7 @@ def denoise(
     negative_prompt_embeds: torch.Tensor | None = None,
     guidance_scale: GuidanceScale = 7.5,
     extra_step_kwargs: dict | None = None,
+    timestep_cond: torch.Tensor | None = None,
     record: bool = False,
     callback: Callable[[Step], None] | None = None,
     progress: bool = False,
@@ -348,6 +390,7 @@ def denoise(
     Guidance runs when ``negative_prompt_embeds`` is given. ``scheduler`` must have had
     ``set_timesteps`` called; it is stepped in place. With ``record`` (or a ``callback``) each
     step is kept as a :class:`Step` (or passed to ``callback(step)``); ``progress`` shows a tqdm bar.
+    ``timestep_cond``: the guidance input of a guidance-distilled U-Net (:func:`prepare_timestep_cond`).
     Returns ``(final latents, recorded steps)``.
     """
     extra_step_kwargs = extra_step_kwargs or {}
@@ -370,7 +413,7 @@ def denoise(
         latent_model_input = scheduler.scale_model_input(latent_model_input, t)
         # predict the noise residual: one U-Net call for both halves
         noise_pred = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
-                          return_dict=False)[0]                                                # [2B, C, h, w]
+                          timestep_cond=timestep_cond, return_dict=False)[0]                   # [2B, C, h, w]
         # perform guidance
         if do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)                           # [B, C, h, w] each
@@ -453,14 +496,37 @@ def decode_latents(vae, latents: torch.Tensor, *, upcast: bool | None = None) ->
 def _start(components, prompt, scheduler, num_inference_steps, guidance_scale) -> tuple[list[str], object, bool]:
     """The checks both loops begin with: ``(prompts, a fresh scheduler, whether guidance runs)``.
 
-    Guidance runs, as in diffusers, for a scale above 1, and always for a list of per-image scales.
+    Guidance runs, as in diffusers, for a scale above 1, and always for a list of per-image scales;
+    never for a guidance-distilled U-Net (``unet.config.time_cond_proj_dim``), which takes the scale
+    as an input instead (:func:`prepare_timestep_cond`).
     """
     _check_components(components)
     prompts = _prompt_list(prompt)
-    scheduler = fresh_scheduler(components.scheduler if scheduler is None else scheduler)
+    scheduler = as_the_pipeline_reads_it(fresh_scheduler(components.scheduler if scheduler is None else scheduler))
     _check_steps(num_inference_steps, scheduler)
     per_image_scales = _check_guidance(guidance_scale, len(prompts))
-    return prompts, scheduler, per_image_scales or guidance_scale > 1.0
+    distilled = components.unet.config.get("time_cond_proj_dim") is not None
+    return prompts, scheduler, (per_image_scales or guidance_scale > 1.0) and not distilled
+
+
+def prepare_timestep_cond(unet, guidance_scale: GuidanceScale, batch_size: int, *, device=None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """The guidance input of a guidance-distilled U-Net, ``[B, time_cond_proj_dim]``; None for SD's U-Net.
+
+    A U-Net with ``unet.config.time_cond_proj_dim`` (latent consistency models and other
+    guidance-distilled models) was trained to give the guided prediction in one call, told the
+    scale through ``timestep_cond`` (:func:`sdlearn.unet.guidance_scale_embedding` of
+    ``guidance_scale - 1``). As in ``StableDiffusionPipeline``, such a U-Net is called once per
+    step on the prompt alone, and classifier-free guidance does not run.
+    """
+    dim = unet.config.get("time_cond_proj_dim")
+    if dim is None:
+        return None
+    scales = [float(guidance_scale)] * batch_size if isinstance(guidance_scale, numbers.Real) else \
+        [float(x) for x in (guidance_scale.reshape(-1).tolist() if isinstance(guidance_scale, torch.Tensor)
+                            else guidance_scale)]
+    w = torch.tensor([x - 1 for x in scales])                                          # [B], as the pipeline makes it
+    return sdlearn.unet.guidance_scale_embedding(w, int(dim)).to(device=device, dtype=dtype)   # [B, dim]
 
 
 @torch.no_grad()
@@ -526,7 +592,8 @@ def text_to_image(
     latents, steps = denoise(unet, scheduler, latents, prompt_embeds, timesteps=timesteps,
                              negative_prompt_embeds=negative_prompt_embeds, guidance_scale=guidance_scale,
                              extra_step_kwargs=extra_step_kwargs, record=record, callback=callback,
-                             progress=progress)
+                             progress=progress, timestep_cond=prepare_timestep_cond(
+                                 unet, guidance_scale, batch_size, device=device, dtype=latents.dtype))
 
     # 6. Decode
     images = decode_latents(vae, latents, upcast=upcast_vae).float() if decode else None  # [B, 3, H, W]
@@ -627,7 +694,8 @@ def image_to_image(
     latents, steps = denoise(unet, scheduler, latents, prompt_embeds, timesteps=timesteps,
                              negative_prompt_embeds=negative_prompt_embeds, guidance_scale=guidance_scale,
                              extra_step_kwargs=extra_step_kwargs, record=record, callback=callback,
-                             progress=progress)
+                             progress=progress, timestep_cond=prepare_timestep_cond(
+                                 unet, guidance_scale, batch_size, device=device, dtype=latents.dtype))
 
     # 6. Decode
     images = decode_latents(vae, latents, upcast=upcast_vae).float() if decode else None  # [B, 3, H, W]
@@ -715,3 +783,120 @@ def ddim_step(
                                              device=noise_pred.device, dtype=noise_pred.dtype)   # z ~ N(0, I)
         prev_sample = prev_sample + std_dev_t * variance_noise
     return DDIMStepOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+# --------------------------------------------------------------------------------------
+# The reverse chain itself: DDPM's ancestral step
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DDPMStepOutput:
+    """``prev_sample``: ``x_{t_prev}`` ``[B, C, h, w]``, a draw from ``p(x_{t_prev} | x_t)``;
+    ``pred_original_sample``: the predicted ``x_0``."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+
+def posterior_mean_coefficients(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two weights of the DDPM posterior mean (Ho et al. 2020, eq. 7), between any two timesteps.
+
+    ``mu~ = c0 x_0 + ct x_t`` with ``alpha_t = a_t / a_prev``, ``beta_t = 1 - alpha_t``:
+    ``c0 = sqrt(a_prev) beta_t / (1 - a_t)`` and ``ct = sqrt(alpha_t) (1 - a_prev) / (1 - a_t)``.
+    Returns ``(c0, ct)``, computed in ``DDPMScheduler.step``'s order.
+    """
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    current_beta_t = 1 - current_alpha_t
+    beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+    return (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t, current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
+
+
+def posterior_variance(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor, *,
+                       variance_type: str = "fixed_small") -> torch.Tensor:
+    """The variance of the reverse step (Ho et al. 2020, section 3.2).
+
+    ``"fixed_small"``: the posterior's own, ``beta~_t = (1 - a_prev) / (1 - a_t) beta_t`` (eq. 7),
+    right when x_0 is known exactly, kept above 1e-20 as diffusers keeps it (it is 0 at the last
+    step); ``"fixed_large"``: ``beta_t`` itself, right when x_0 is pure N(0, I) noise. DDPM found the
+    two give similar samples; ``DDPMScheduler`` defaults to ``"fixed_small"``.
+    """
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES} (DDPM's two fixed variances), "
+                         f"got {variance_type!r}.")
+    current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+    if variance_type == "fixed_large":
+        return current_beta_t
+    variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t
+    return torch.clamp(variance, min=1e-20)
+
+
+def ddpm_step(
+    noise_pred: torch.Tensor,
+    timestep: int | torch.Tensor,
+    latents: torch.Tensor,
+    *,
+    alphas_cumprod: torch.Tensor,
+    prev_timestep: int | torch.Tensor,
+    variance_type: str = "fixed_small",
+    generator: torch.Generator | None = None,
+    variance_noise: torch.Tensor | None = None,
+) -> DDPMStepOutput:
+    """One step of the reverse chain, ``x_{t_prev} ~ p_theta(x_{t_prev} | x_t)`` (DDPM's Algorithm 2).
+
+    The model's noise estimate gives ``x0_hat``; the step draws from the forward process's
+    posterior ``q(x_{t_prev} | x_t, x_0)`` with ``x0_hat`` in place of ``x_0``::
+
+        x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)                       # eq. 15
+        mu     = c0 x0_hat + ct x_t                                          # eq. 7, posterior_mean_coefficients
+        x_prev = mu + sqrt(var) z,  z ~ N(0, I)                              # var: posterior_variance
+
+    ``a_prev`` is 1 when ``prev_timestep < 0`` (the step to x_0). With ``timestep > 0`` a ``z`` is
+    drawn from ``generator`` (or taken from ``variance_noise``), as ``DDPMScheduler.step`` draws it;
+    at ``timestep == 0`` nothing is added. At SD's last timestep (1) the fixed-small variance is 0 and
+    only ``1e-10 z`` is added; fixed-large adds ``beta_1`` worth. Returns a :class:`DDPMStepOutput`
+    equal, to the last bit, to ``DDPMScheduler.step`` with the same noise.
+    """
+    if not isinstance(noise_pred, torch.Tensor) or not isinstance(latents, torch.Tensor) \
+            or noise_pred.shape != latents.shape:
+        raise ValueError(
+            f"noise_pred {tuple(getattr(noise_pred, 'shape', ()))} and latents {tuple(getattr(latents, 'shape', ()))} "
+            "must be tensors of the same shape [B, C, h, w]: one predicted noise value per latent element."
+        )
+    if not isinstance(alphas_cumprod, torch.Tensor) or alphas_cumprod.ndim != 1:
+        raise ValueError("alphas_cumprod must be a 1-D tensor [T], e.g. scheduler.alphas_cumprod.")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}.")
+    if variance_noise is not None and generator is not None:
+        raise ValueError("pass either generator (to draw z) or variance_noise (z itself), not both.")
+    if variance_noise is not None and variance_noise.shape != latents.shape:
+        raise ValueError(f"variance_noise has shape {tuple(variance_noise.shape)}; expected {tuple(latents.shape)}.")
+    t, t_prev = int(timestep), int(prev_timestep)
+    if not 0 <= t < alphas_cumprod.numel() or t_prev >= t:
+        raise ValueError(
+            f"timestep {t} must be in [0, {alphas_cumprod.numel() - 1}] and prev_timestep {t_prev} below it "
+            "(-1 for the last step): the reverse chain runs from noisy (large t) to clean (small t)."
+        )
+
+    alpha_prod_t = alphas_cumprod[t]
+    alpha_prod_t_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+
+    # x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    pred_original_sample = (latents - (1 - alpha_prod_t) ** (0.5) * noise_pred) / alpha_prod_t ** (0.5)
+
+    # mu~ = c0 x0_hat + ct x_t, the mean of q(x_prev | x_t, x0_hat)
+    c0, ct = posterior_mean_coefficients(alpha_prod_t, alpha_prod_t_prev)
+    prev_sample = c0 * pred_original_sample + ct * latents
+
+    # + sqrt(var) z, for every step but the one from t = 0
+    if t > 0:
+        if variance_noise is None:
+            variance_noise = prepare_latents(noise_pred.shape, init_noise_sigma=1.0, generator=generator,
+                                             device=noise_pred.device, dtype=noise_pred.dtype)   # z ~ N(0, I)
+        std = posterior_variance(alpha_prod_t, alpha_prod_t_prev, variance_type=variance_type) ** 0.5
+        prev_sample = prev_sample + std * variance_noise
+    return DDPMStepOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -218,6 +218,28 @@ def timestep_embedding(
     return torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)          # [B, dim]
 
 
+def guidance_scale_embedding(w: torch.Tensor, dim: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The guidance scale as an extra time input, for U-Nets distilled to do guidance in one call.
+
+    A guidance-distilled U-Net (Meng et al. 2023; latent consistency models) has
+    ``unet.config.time_cond_proj_dim`` set: it takes ``w = guidance_scale - 1`` ``[B]`` as a second
+    sinusoidal embedding (``timestep_cond``), added to the timestep's, instead of two predictions
+    mixed by classifier-free guidance. Returns ``[B, dim]``:
+    ``[sin(1000 w f_0) ... sin(1000 w f_{h-1}), cos(...)]`` with ``h = dim // 2`` frequencies
+    ``f_i = 10000 ** (-i / (h - 1))`` (a zero appended for odd ``dim``): the pipeline's
+    ``get_guidance_scale_embedding(w, dim)``.
+    """
+    if not isinstance(w, torch.Tensor) or w.ndim != 1:
+        raise ValueError("w must be a 1-D tensor [B] of guidance_scale - 1, e.g. torch.tensor([7.5 - 1]).")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4:
+        raise ValueError(f"dim must be an int >= 4 (unet.config.time_cond_proj_dim), got {dim!r}.")
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = (w * 1000.0).to(dtype)[:, None] * freqs[None, :]                        # [B, half]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb                  # [B, dim]
+
+
 # The U-Net's top-level parts in the order its forward pass runs them (diffusers registers
 # mid_block after up_blocks, so ``named_modules()`` alone lists it last).
 FLOW_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",

@@ -19,6 +19,8 @@ latents with a standard deviation near 1, the scale of the N(0, I) noise it is t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Inputs may exceed [-1, 1] by this much (rounding); beyond it the tensor is not an image in [-1, 1].
@@ -150,6 +152,37 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         )
     per_element = mean.pow(2) + logvar.exp() - 1.0 - logvar  # mu^2 + sigma^2 - 1 - log sigma^2
     return 0.5 * per_element.sum(dim=tuple(range(1, mean.ndim)))
+
+
+@torch.no_grad()
+def fold_scaling_factor(vae, scaling_factor: float) -> float:
+    """Rescale ``vae``'s latent space in place so that ``scaling_factor`` becomes its scaling factor, exactly.
+
+    The U-Net sees ``z * s`` (``s = vae.config.scaling_factor``). With ``k = s / scaling_factor``
+    the encoder's Gaussian is multiplied by ``k`` (``quant_conv``'s mean outputs times ``k``, its
+    log-variance outputs plus ``2 log k``) and the decoder divides by ``k`` first
+    (``post_quant_conv``'s weights over ``k``), then ``scaling_factor`` is stored in the config.
+    The raw latents are ``k`` times larger, the scaled ones ``z * scaling_factor`` are what they
+    were, and decoding gives the same images: the same model, with SD's constant (0.18215) in
+    its config. Returns ``k``. Needs ``quant_conv`` and ``post_quant_conv`` (SD's VAE has both).
+    """
+    if isinstance(scaling_factor, bool) or not isinstance(scaling_factor, (int, float)) \
+            or not math.isfinite(scaling_factor) or scaling_factor <= 0:
+        raise ValueError(f"scaling_factor must be a positive number (SD 1.x: 0.18215), got {scaling_factor!r}.")
+    quant, post_quant = getattr(vae, "quant_conv", None), getattr(vae, "post_quant_conv", None)
+    if not isinstance(quant, torch.nn.Conv2d) or not isinstance(post_quant, torch.nn.Conv2d):
+        raise ValueError(
+            "this VAE has no quant_conv / post_quant_conv (use_quant_conv or use_post_quant_conv is False), "
+            "so there is no 1x1 convolution to fold the factor into; keep its own scaling_factor."
+        )
+    k = float(vae.config.scaling_factor) / float(scaling_factor)
+    channels = int(vae.config.latent_channels)
+    quant.weight[:channels] *= k                 # mean: times k
+    quant.bias[:channels] *= k
+    quant.bias[channels:] += 2 * math.log(k)     # log-variance: sigma times k
+    post_quant.weight /= k                       # the decoder's first layer undoes it
+    vae.register_to_config(scaling_factor=float(scaling_factor))
+    return k
 
 
 def _shift(vae) -> float:

@@ -43,16 +43,31 @@ def test_sd_architecture_facts(bundled_pipe):
     assert bundled_pipe.tokenizer.model_max_length == text_positions == 77
     assert bundled_pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert bundled_pipe.scheduler.config.prediction_type == "epsilon"
-    # the scaling factor was measured, not copied from SD
-    assert bundled_pipe.vae.config.scaling_factor != 0.18215
+    # SD's constant, folded into the VAE (the measured factor is in recipe.json)
+    assert bundled_pipe.vae.config.scaling_factor == 0.18215
 
 
-def test_scaling_factor_gives_unit_variance_latents(bundled_pipe):
+def test_scaling_factor_gives_unit_variance_latents_and_raw_latents_sds_spread(bundled_pipe):
     data = np.stack([world.sample(1000, i).image for i in range(64)])
     x = torch.from_numpy(data).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        latents = bundled_pipe.vae.encode(x).latent_dist.mean * bundled_pipe.vae.config.scaling_factor
+        raw = bundled_pipe.vae.encode(x).latent_dist.mean
+    latents = raw * bundled_pipe.vae.config.scaling_factor
     assert 0.85 < float(latents.std()) < 1.15
+    assert 4.5 < float(raw.std()) < 6.5                   # SD 1.x's raw latents: std about 5.5
+    measured = json.loads((FOLDER / "recipe.json").read_text())["measured_scaling_factor"]
+    assert 1 / measured == pytest.approx(float(raw.std()) * 0.18215, rel=0.1)   # what the fold started from
+
+
+def test_every_config_difference_from_sd15_has_its_reason_in_the_card():
+    from sdlearn import model_card
+
+    found = {(part, key) for part, key, _, _ in model_card.config_differences(FOLDER)}
+    assert found == set(model_card.DIFFERENCE_REASONS), "a difference without a reason, or a reason for none"
+    assert not any(part == "scheduler" for part, _ in found)   # SD 1.5's scheduler config, key for key
+    card = (FOLDER / "README.md").read_text()
+    for reason in model_card.DIFFERENCE_REASONS.values():
+        assert reason in card
 
 
 def test_text_encoder_is_the_clip_text_tower(bundled_pipe):

@@ -77,3 +77,25 @@ def test_evaluate_command_refuses_a_folder_that_is_no_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--model", str(tmp_path)])
     assert "is not a diffusers folder" in capsys.readouterr().err
+
+
+def test_sampler_table_runs_each_sampler_and_puts_the_pipelines_own_back(bundled_pipe):
+    own = bundled_pipe.scheduler
+    samplers = (("LMS", "LMSDiscreteScheduler", 2), ("DDIM", "DDIMScheduler", 3))
+    table = evaluate.sampler_table(bundled_pipe, count=2, samplers=samplers)
+    assert bundled_pipe.scheduler is own
+    assert list(table) == ["LMS", "DDIM"] and table["DDIM"]["steps"] == 3
+    for row in table.values():
+        assert row["all"] == pytest.approx(np.mean([row["full"], row["partial"], row["two"]]))
+    text = evaluate.format_sampler_table(table)
+    assert text.splitlines()[0].startswith("| sampler | steps |") and "| LMS | 2 |" in text
+
+
+def test_the_card_holds_the_sampler_table_at_sd_guidance_and_every_row_meets_90_percent():
+    evaluation = json.loads((FOLDER / "evaluation.json").read_text())
+    table = evaluation["samplers_at_sd_default"]
+    assert [name for name, _, _ in evaluate.SD_SAMPLERS] == list(table)
+    assert evaluate.format_sampler_table(table) in (FOLDER / "README.md").read_text()
+    for name, row in table.items():
+        assert row["all"] >= 0.90, f"{name}: {row['all']:.1%} of prompts drawn right at guidance 7.5"
+    assert evaluate.all_prompts_rate(evaluation["prompt_following"]) >= 0.90   # at the recommended scale

@@ -351,10 +351,20 @@ def test_recipe_exports_a_folder_plain_diffusers_loads(miniature_build):
     for w in weights:
         with safe_open(w, "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, w
-    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32, use_safetensors=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out)              # no dtype: every part in float32
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
     assert pipe.unet.config.block_out_channels == [32, 32]
-    assert pipe.vae.config.scaling_factor != 0.18215      # measured on the pool, not SD's
+    assert pipe.vae.config.scaling_factor == 0.18215      # measured on the pool, then folded to SD's
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "_diffusers_version"} == recipe.sampling_scheduler_config()
+    # the fold keeps the latents the U-Net was trained on: the pool re-encoded, scaled, has unit variance
+    data = train.render_pool(0, 64)
+    with torch.no_grad():
+        scaled = pipe.vae.encode(train.to_model_range(data.images)).latent_dist.mean * 0.18215
+    measured = json.loads((out / "recipe.json").read_text())["measured_scaling_factor"]
+    assert float(scaled.std()) == pytest.approx(1.0, rel=0.05) and measured != 0.18215
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                  output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()

@@ -123,3 +123,35 @@ def test_reparameterise_and_kl_reject_mismatched_shapes():
         sdvae.reparameterise(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 3))
     with pytest.raises(ValueError, match=r"batch axis first"):
         sdvae.kl_divergence(torch.zeros(4), torch.zeros(4))
+
+
+def test_fold_scaling_factor_keeps_scaled_latents_and_images_and_sets_sds_constant(vae, images):
+    import copy
+
+    folded = copy.deepcopy(vae)
+    folded.register_to_config(scaling_factor=0.8)
+    before = copy.deepcopy(folded)
+    k = sdvae.fold_scaling_factor(folded, 0.18215)
+    assert k == pytest.approx(0.8 / 0.18215) and folded.config.scaling_factor == 0.18215
+    with torch.no_grad():
+        raw_before, raw_after = before.encode(images).latent_dist, folded.encode(images).latent_dist
+    torch.testing.assert_close(raw_after.mean, k * raw_before.mean, rtol=1e-5, atol=1e-6)  # raw latents k times larger
+    torch.testing.assert_close(raw_after.std, k * raw_before.std, rtol=1e-5, atol=1e-6)
+    scaled = sdvae.encode(before, images, sample=False)
+    torch.testing.assert_close(sdvae.encode(folded, images, sample=False), scaled, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sdvae.decode(folded, scaled), sdvae.decode(before, scaled), rtol=1e-5, atol=1e-5)
+    # a sample with the same generator is k times the old sample too (the noise is scaled by sigma)
+    torch.testing.assert_close(sdvae.encode(folded, images, generator=torch.Generator().manual_seed(1)),
+                               sdvae.encode(before, images, generator=torch.Generator().manual_seed(1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_fold_scaling_factor_refuses_what_it_cannot_fold(vae):
+    import copy
+
+    with pytest.raises(ValueError, match="positive number"):
+        sdvae.fold_scaling_factor(copy.deepcopy(vae), 0)
+    no_quant = copy.deepcopy(vae)
+    no_quant.quant_conv = None
+    with pytest.raises(ValueError, match="no quant_conv"):
+        sdvae.fold_scaling_factor(no_quant, 0.18215)
