@@ -3,10 +3,15 @@
 
     python3 course.py lab      # set up (first time only) and open the course in JupyterLab
     python3 course.py test     # set up (first time only) and run the unit tests and every notebook
+    python3 course.py test --quick   # the same without the slow tests (float16 rehearsal, browser): the inner loop
 
 For authors and teachers who change a notebook:
 
     python3 course.py execute notebooks/02_vae.ipynb ...   # Restart & Run All, saved in place
+
+For learners:
+
+    python3 course.py progress   # every notebook's exercises, and which you have done
 
 Set-up makes a virtual environment in .venv (override: SDLEARN_VENV=path), installs a
 PyTorch build that fits the machine (see choose_torch below), then this project with its
@@ -186,6 +191,7 @@ def execute_notebooks(py: Path, paths: list[str]) -> int:
     env.pop("SDLEARN_MODEL", None)          # stored outputs come from the bundled model
     env["SDLEARN_DEVICE"] = "cpu"           # ... on a CPU, as CI runs them
     env["HF_HUB_OFFLINE"] = "1"
+    env["SDLEARN_PROGRESS"] = "0"           # the solutions' checks are not the author's progress
     env.setdefault("MPLBACKEND", "Agg")
     for path in paths:
         say(f"executing {path}")
@@ -198,7 +204,7 @@ def execute_notebooks(py: Path, paths: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"lab", "test", "setup", "execute"}:
+    if not argv or argv[0] not in {"lab", "test", "setup", "execute", "progress"}:
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
@@ -207,6 +213,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "execute":
         return execute_notebooks(py, extra)
+    if command == "progress":
+        return subprocess.call([str(py), "-m", "sdlearn.exercises"], env=env_for(py), cwd=ROOT)
     if command == "lab":
         start = ROOT / "notebooks" / "00_start_here.ipynb"
         say("opening the course in JupyterLab (Ctrl+C to stop)")
@@ -216,9 +224,15 @@ def main(argv: list[str]) -> int:
         # so that the notebooks' diagrams in ../images/ are served too.
         return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), f"--ServerApp.root_dir={ROOT}", *extra],
                                env=env_for(py), cwd=ROOT)
-    ensure_chromium()
+    quick = "--quick" in extra
+    if quick:
+        extra = [a for a in extra if a != "--quick"] + ["-m", "not slow"]
+        say("quick run: the slow tests (float16 rehearsal of every notebook, the browser test) are left out")
+    else:
+        ensure_chromium()
     env = env_for(py)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
+    env["SDLEARN_PROGRESS"] = "0"           # nor write a learner's progress record
     env.setdefault("MPLBACKEND", "Agg")
     return subprocess.call([str(py), "-m", "pytest", *extra], env=env, cwd=ROOT)
 

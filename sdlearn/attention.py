@@ -18,7 +18,7 @@ by resolution, by layer and by step.
   layer with the public ``unet.set_attn_processor`` and always puts the original processors
   back. No monkey-patching: a forward pre-hook on the U-Net (public PyTorch API) only counts
   the denoising steps.
-- :func:`word_positions` and :func:`heat_map` turn a word of the prompt into a map; :func:`show_heat_maps`
+- :func:`word_positions` (:func:`word_index` to look a word up) and :func:`heat_map` turn a word of the prompt into a map; :func:`show_heat_maps`
   overlays maps on the picture.
 - :func:`match_objects`, :func:`score_words`, :func:`summarise_scores` and :func:`measure_localisation`
   measure localisation on the toy world: how often a word's map peaks inside that word's object.
@@ -38,7 +38,7 @@ the block's exit says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -617,6 +617,51 @@ def word_positions(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
                          "glued to a word?), so words cannot be matched to token positions. Put spaces around "
                          "punctuation.")
     return words
+
+
+class WordNotInPrompt(KeyError):
+    """A word looked up in :func:`word_index` that the prompt does not contain."""
+
+    def __str__(self) -> str:           # KeyError shows its argument's repr; this message is meant to be read
+        return str(self.args[0])
+
+
+class WordIndex(Mapping):
+    """The token positions of each word of a prompt, from :func:`word_index`: ``index["circle"] -> [3]``.
+
+    A word that occurs more than once ("a red circle on the left and a blue square on the right":
+    "a", "on", "the") maps to the positions of every occurrence, so its heat map is the sum of them;
+    :meth:`occurrences` gives them one by one. A word that is not in the prompt raises
+    :class:`WordNotInPrompt` with the prompt's words.
+    """
+
+    def __init__(self, prompt: str, words: list[tuple[str, list[int]]]) -> None:
+        self.prompt = prompt
+        self._occurrences: dict[str, list[list[int]]] = {}
+        for word, positions in words:
+            self._occurrences.setdefault(word, []).append(positions)
+
+    def __getitem__(self, word: str) -> list[int]:
+        return [p for positions in self.occurrences(word) for p in positions]
+
+    def occurrences(self, word: str) -> list[list[int]]:
+        """The positions of each occurrence of ``word``, in prompt order."""
+        if word not in self._occurrences:
+            raise WordNotInPrompt(
+                f"{word!r} is not a word of the prompt {self.prompt!r}: a heat map exists only for the prompt's own "
+                f"words, which are {', '.join(self._occurrences)}. Look up one of them, or change the prompt.")
+        return [list(p) for p in self._occurrences[word]]
+
+    def __iter__(self):
+        return iter(self._occurrences)
+
+    def __len__(self) -> int:
+        return len(self._occurrences)
+
+
+def word_index(tokenizer, prompt: str) -> WordIndex:
+    """:func:`word_positions` as a lookup by word: ``word_index(tokenizer, prompt)["red"]``."""
+    return WordIndex(prompt, word_positions(tokenizer, prompt))
 
 
 def token_labels(tokenizer, prompt: str) -> list[str]:

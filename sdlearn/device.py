@@ -141,12 +141,18 @@ def resolve(
 
 
 def make_generator(seed: int, *, device: str | torch.device = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (an int in [0, 2**64))."""
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (an int in [0, 2**64)).
+
+    A CPU generator (the default) works for every device: the loops draw noise on the generator's
+    device and move it, as diffusers' ``randn_tensor`` does. Raises ``RuntimeError`` saying what to
+    do when ``device`` is not on this machine (torch's own message is about how it was built).
+    """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}. Pass e.g. seed=0.")
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}. Pass a non-negative int, e.g. seed=0.")
     device = _parse_device(device, source="device")
+    _check_available(device)
     return torch.Generator(device=device).manual_seed(seed)
 
 

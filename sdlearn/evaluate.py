@@ -37,8 +37,10 @@ HELD_OUT_SEED = 1000
 VALIDATION_SEED = HELD_OUT_SEED + 10_000   # prompts and seeds for choosing the guidance scale
 SD_DEFAULT_GUIDANCE = 7.5               # StableDiffusionPipeline's default guidance_scale
 SWEEP_SCALES = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
+PROMPT_KINDS = ("full", "partial", "two")
 #: The samplers SD 1.x users and tutorials run, each at its usual number of steps: (name, diffusers
 #: class, steps). Each is made ``from_config`` of the model's own scheduler config, as tutorials make it.
+#: PNDM gets SD 1.5's ``skip_prk_steps=True``, which the folder's DDIM config does not carry.
 SD_SAMPLERS = (
     ("PNDM", "PNDMScheduler", 50),                   # SD 1.5's own scheduler and step count
     ("LMS", "LMSDiscreteScheduler", 30),             # the fast.ai Deep Dive's
@@ -47,6 +49,7 @@ SD_SAMPLERS = (
     ("DPM-Solver++", "DPMSolverMultistepScheduler", 25),
     ("DDIM", "DDIMScheduler", 50),
 )
+SAMPLER_SETTINGS = {"PNDMScheduler": {"skip_prk_steps": True}}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,6 +118,11 @@ def clip_zero_shot(clip, tokenizer, *, count: int = 400, seed: int = HELD_OUT_SE
 
 def eval_prompts(kind: str, count: int, *, seed: int) -> list[tuple[str, list[dict[str, str]]]]:
     """Held-out prompts with what they name: ``kind`` is "full", "partial" or "two"."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt set {kind!r}; the evaluation has {', '.join(map(repr, PROMPT_KINDS))} "
+                         "(every attribute named, some left out, two objects).")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1 (prompts to draw), got {count!r}.")
     rng = np.random.default_rng([seed, {"full": 0, "partial": 1, "two": 2}[kind]])
     prompts = []
     while len(prompts) < count:
@@ -140,7 +148,7 @@ def prompt_following(pipe, *, count: int = 240, steps: int = 20, guidance_scale:
     from tqdm.auto import tqdm
 
     results: dict[str, dict] = {}
-    for kind in ("full", "partial", "two"):
+    for kind in PROMPT_KINDS:
         prompts = eval_prompts(kind, count, seed=seed)
         per_attr: dict[str, list[bool]] = {a: [] for a in world.ATTRIBUTES}
         all_right: list[bool] = []
@@ -173,7 +181,7 @@ def sampler_table(pipe, *, guidance_scale: float = SD_DEFAULT_GUIDANCE, count: i
                   seed: int = HELD_OUT_SEED + 2, samplers=SD_SAMPLERS, progress: bool = False) -> dict[str, dict]:
     """Prompt following (:func:`prompt_following`) under each sampler of :data:`SD_SAMPLERS`.
 
-    Each scheduler is built with ``from_config(pipe.scheduler.config)``; the pipeline's own
+    Each scheduler is built with ``from_config(pipe.scheduler.config)`` (and :data:`SAMPLER_SETTINGS`); the pipeline's own
     scheduler is put back afterwards. Returns ``{name: {"steps", "full", "partial", "two", "all"}}``.
     """
     import diffusers
@@ -182,7 +190,7 @@ def sampler_table(pipe, *, guidance_scale: float = SD_DEFAULT_GUIDANCE, count: i
     table = {}
     try:
         for name, class_name, steps in samplers:
-            pipe.scheduler = getattr(diffusers, class_name).from_config(own.config)
+            pipe.scheduler = getattr(diffusers, class_name).from_config(own.config, **SAMPLER_SETTINGS.get(class_name, {}))
             result = prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, seed=seed,
                                       progress=progress)
             table[name] = {"steps": steps, **{kind: r["all_named_right"] for kind, r in result.items()},
@@ -252,6 +260,12 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     from transformers import CLIPModel
 
     model_dir = Path(model_dir)
+    missing = [name for name in ("model_index.json", "clip") if not (model_dir / name).exists()]
+    if missing:
+        raise ValueError(
+            f"{model_dir} is not a model folder the evaluation can measure: it has no {' and no '.join(missing)}. "
+            "Pass a folder written by `python -m sdlearn.recipe` (a diffusers folder plus the CLIP model in clip/), "
+            "e.g. the bundled sdlearn/bundled/sdlearn-tiny.")
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

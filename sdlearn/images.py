@@ -131,6 +131,27 @@ def to_tensor(images: Image.Image | Sequence[Image.Image] | np.ndarray) -> torch
     return (tensor * 2.0 - 1.0).contiguous()  # [B, 3, H, W] in [-1, 1]
 
 
+class PixelRangeWarning(UserWarning):
+    """An image tensor looks like it is in [0, 1] where [-1, 1] is expected."""
+
+
+def warn_if_unit_range(tensor: torch.Tensor, *, where: str, stacklevel: int = 3) -> None:
+    """Warn when every value of ``tensor`` is in [0, 1] and some are above 1/2 of that: pixels in [0, 1]
+    (torchvision's ``ToTensor``, ``image / 255``) passed where SD's [-1, 1] is expected, which gives
+    washed-out, too bright results with no error. A picture brighter than mid-grey everywhere is a
+    legitimate [-1, 1] image that warns too; the message says so.
+    """
+    lo, hi = float(tensor.min()), float(tensor.max())
+    if 0.0 <= lo and hi <= 1.0 and hi > 0.5 and lo < 0.5:
+        import warnings
+
+        warnings.warn(
+            f"{where}: every value is in [0, 1] (min {lo:.3g}, max {hi:.3g}), but Stable Diffusion's images are in "
+            "[-1, 1]. If these are [0, 1] pixels, map them with x * 2 - 1 (or use sdlearn.images.to_tensor). "
+            "An image that is brighter than mid-grey everywhere is in [-1, 1] already: then ignore this.",
+            PixelRangeWarning, stacklevel=stacklevel)
+
+
 def _check_image_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """Validate ``tensor`` [B, 3, H, W] or [3, H, W] in about [-1, 1]; return it batched, float32, on CPU."""
     if not isinstance(tensor, torch.Tensor):
@@ -143,7 +164,8 @@ def _check_image_tensor(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim != 4 or tensor.shape[1] != 3:
         hint = ""
         if tensor.ndim == 4 and tensor.shape[1] == 4:
-            hint = " 4 channels looks like latents [B, 4, h, w]: decode them with the VAE first."
+            hint = (" 4 channels: latents [B, 4, h, w] (decode them with the VAE first), or an RGBA image (drop "
+                    "the alpha channel: tensor[:, :3]).")
         elif tensor.ndim == 4 and tensor.shape[-1] == 3:
             hint = " It looks channels-last: use tensor.permute(0, 3, 1, 2)."
         raise ValueError(
@@ -175,6 +197,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     ``round((x + 1) / 2 * 255)``, as diffusers' image processor does.
     """
     tensor = _check_image_tensor(tensor)
+    warn_if_unit_range(tensor, where="images.to_numpy")
     unit = (tensor / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W] in [0, 1]
     return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

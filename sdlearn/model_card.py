@@ -14,6 +14,12 @@ DIFFERENCE_REASONS: dict[tuple[str, str], str] = {
                                        "photographs (over 1 GB); the toy world has nothing for it to flag",
     ("model_index", "feature_extractor"): "only the safety checker uses it",
     ("model_index", "requires_safety_checker"): "there is no safety checker to require",
+    ("scheduler", "_class_name"): "DDIM (SD 1.5: PNDM): at SD's guidance 7.5 this model keeps to the prompt under "
+                                  "first-order samplers (DDIM, Euler) but not under PNDM's and LMS's multistep "
+                                  "updates (the sampler table below), and the course teaches DDIM first",
+    ("scheduler", "skip_prk_steps"): "a PNDM setting; a DDIM config that named it would warn on every load. "
+                                     "`PNDMScheduler.from_config(...)` here needs `skip_prk_steps=True` to run as on SD 1.5",
+    ("model_index", "scheduler"): "the scheduler above",
     ("unet", "block_out_channels"): f"3 levels of 64, 128, 128 channels (SD: 4 of 320 to 1280): {_SMALL}",
     ("unet", "down_block_types"): "3 levels, the deepest without cross-attention, as SD's deepest level",
     ("unet", "up_block_types"): "3 levels, the deepest without cross-attention, as SD's deepest level",
@@ -157,6 +163,16 @@ def _numel(shape) -> int:
     return n
 
 
+def shortfall_sentence(samplers: dict[str, dict], goal: float = 0.90) -> str:
+    """One sentence, from the sampler table, naming the samplers under ``goal`` at guidance 7.5."""
+    short = [f"{name} ({100 * row['all']:.1f}%)" for name, row in samplers.items() if row["all"] < goal]
+    if not short:
+        return f"Every sampler above draws at least {100 * goal:.0f}% of the prompts right at guidance 7.5."
+    return (f"Below {100 * goal:.0f}% at guidance 7.5: {', '.join(short)}. At the recommended guidance scale "
+            "(below) every one of them does better; a larger model would be needed to hold SD's 7.5 under\n"
+            "high-order multistep samplers.")
+
+
 def render_card(folder: str | Path, evaluation: dict) -> str:
     """The model card's Markdown for the diffusers folder ``folder`` and its evaluation report."""
     folder = Path(folder)
@@ -178,11 +194,12 @@ def render_card(folder: str | Path, evaluation: dict) -> str:
     if samplers:
         from .evaluate import format_sampler_table
 
+        generations = sum(row["n"] for row in pf.values())     # the sampler table uses the same prompts
         sampler_text = (
             "\nAt guidance 7.5 under each sampler SD 1.x is usually run with, at its usual number of steps\n"
             "(each made `from_config(pipe.scheduler.config)`; same held-out prompts and seeds; the last column\n"
-            "is the share of all 720 generations with every named attribute right):\n\n"
-            f"{format_sampler_table(samplers)}\n")
+            f"is the share of all {generations} generations with every named attribute right):\n\n"
+            f"{format_sampler_table(samplers)}\n\n{shortfall_sentence(samplers)}\n")
     rows = _following_rows(pf)
     default = evaluation.get("prompt_following_at_sd_default")
     default_table = ""
@@ -226,7 +243,7 @@ image = pipe("a big red circle on the left", num_inference_steps=20).images[0]  
 | text encoder | `CLIPTextModel` | {params['text_encoder']:,} parameters, {te_cfg['num_hidden_layers']} layers, width {te_cfg['hidden_size']} | same class; SD: 123 M, 12 layers, width 768 |
 | VAE | `AutoencoderKL` | {params['vae']:,} parameters, 64x64x3 <-> 8x8x4 (factor 8, 4 channels), `scaling_factor` {vae_cfg['scaling_factor']}, SD's (see Recipe) | same class, factor, channels and scaling factor; SD: 84 M |
 | UNet | `UNet2DConditionModel` | {params['unet']:,} parameters, channels {tuple(unet_cfg['block_out_channels'])}, cross-attention on the text encoder's last hidden state | same class and conditioning; SD: 860 M, 64x64x4 latents |
-| scheduler | `{sched_cfg['_class_name']}` | 1000 training steps, scaled_linear betas 0.00085 to 0.012, epsilon prediction | SD 1.5's `scheduler_config.json`, key for key |
+| scheduler | `{sched_cfg['_class_name']}` | 1000 training steps, scaled_linear betas 0.00085 to 0.012, epsilon prediction | SD 1.5's `scheduler_config.json`, key for key, with DDIM for PNDM (below) |
 | clip/ | `CLIPModel` | {params['clip']:,} parameters: the text encoder above plus the vision tower it was trained with | not in SD; used by the CLIP notebook for text-image similarity |
 
 All weights are fp16 safetensors, and every config says float32 (as SD 1.5's do), so plain
@@ -235,8 +252,8 @@ loads them in float16; the folder is {size_mb:.1f} MB.
 
 ## Beside SD 1.5
 
-Code written for SD 1.x runs on this folder unchanged: the same classes, the same
-scheduler config (so `LMSDiscreteScheduler.from_config(pipe.scheduler.config)` and the
+Code written for SD 1.x runs on this folder unchanged: the same classes, SD 1.5's
+scheduler keys and values (so `LMSDiscreteScheduler.from_config(pipe.scheduler.config)` and the
 others keep their own defaults, as on SD 1.5), SD's `scaling_factor` 0.18215 (so a
 hard-coded `1 / 0.18215` decodes right), float32 configs. Every config value that differs
 from SD 1.5's, compared key by key with `sdlearn.model_card.config_differences`:

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -325,15 +324,6 @@ def sd15_replica(
     )
 
 
-def _transformers_dtype_kwarg() -> str:
-    """``dtype`` in transformers >= 4.56 (``torch_dtype`` is its deprecated alias), else ``torch_dtype``."""
-    try:
-        major, minor = (int(x) for x in metadata.version("transformers").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return "dtype"
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
 def _summary(err: BaseException) -> str:
     """The first line of ``err`` (and of its cause), as ``ClassName: text``."""
     parts = []
@@ -350,6 +340,20 @@ def _summary(err: BaseException) -> str:
 def _offline_mode() -> bool:
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     return env or bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub's server (``HF_ENDPOINT``) accepts a connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_error(repo_id: str, step: str, err: BaseException) -> ModelLoadError:
@@ -378,6 +382,8 @@ def _hub_error(repo_id: str, step: str, err: BaseException) -> ModelLoadError:
         "  - Check the id: SD 1.x repositories have moved before "
         "(runwayml/stable-diffusion-v1-5 was taken down).",
         f"    Known diffusers-format SD 1.x repositories: {', '.join(KNOWN_SD1_MIRRORS)}.",
+        "  - To work offline with a cached model, set HF_HUB_OFFLINE=1: nothing is fetched, "
+        "the cache is read at once.",
         "  - If you are offline, use the model that ships with sdlearn: "
         f"SDLEARN_MODEL={BUNDLED} (or load('{BUNDLED}')),",
         f"    or the random-weight architecture replica: load('{SD15_REPLICA}').",
@@ -443,18 +449,22 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def _load_parts(
-    source: str, scheduler_config: dict[str, Any], *, device: torch.device, dtype: torch.dtype, fail
+    source: str, scheduler_config: dict[str, Any], *, device: torch.device, dtype: torch.dtype, fail,
+    local_files_only: bool = False,
 ) -> dict[str, Any]:
     """Each component's ``from_pretrained(source, subfolder=...)``; ``fail(part, err)`` makes the error."""
     scheduler_cls = _scheduler_class(
         scheduler_config.get("_class_name"), f"{source}/scheduler/scheduler_config.json"
     )
-    model_kwargs = {"use_safetensors": True}
+    # output_loading_info: the libraries only log a checkpoint that lacks tensors (and fill them with
+    # random numbers, or leave them on the meta device); here it is an error that names them.
+    cache = {"local_files_only": True} if local_files_only else {}
+    model_kwargs = {"use_safetensors": True, "output_loading_info": True, **cache}
     loaders = {
-        "scheduler": lambda: scheduler_cls.from_pretrained(source, subfolder="scheduler"),
-        "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+        "scheduler": lambda: scheduler_cls.from_pretrained(source, subfolder="scheduler", **cache),
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **cache),
         "text_encoder": lambda: CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", **{_transformers_dtype_kwarg(): dtype}, **model_kwargs
+            source, subfolder="text_encoder", dtype=dtype, **model_kwargs
         ),
         "vae": lambda: AutoencoderKL.from_pretrained(
             source, subfolder="vae", dtype=dtype, **model_kwargs
@@ -467,12 +477,38 @@ def _load_parts(
     for part, loader in loaders.items():
         try:
             with _quiet_loading():
-                parts[part] = loader()
-        except (OSError, ValueError, EntryNotFoundError) as err:
+                loaded = loader()
+            if isinstance(loaded, tuple):                   # (model, loading info)
+                loaded, info = loaded
+                _check_loading_info(part, info)
+                loaded = loaded.to(device=device).eval()    # already in `dtype`: from_pretrained cast it
+            parts[part] = loaded
+        except (OSError, ValueError, EntryNotFoundError, NotImplementedError, RuntimeError) as err:
             raise fail(part, err) from err
-        if isinstance(parts[part], torch.nn.Module):
-            parts[part] = parts[part].to(device=device).eval()  # already in `dtype`: from_pretrained cast it
     return parts
+
+
+class IncompleteWeightsError(ValueError):
+    """A checkpoint's tensors do not match the model its config describes."""
+
+
+def _check_loading_info(part: str, info: dict) -> None:
+    """Raise :class:`IncompleteWeightsError` naming the tensors a checkpoint lacks, has too many of, or has
+    in the wrong shape (buffers that are not weights, ``position_ids``, do not count)."""
+    problems = []
+    for kind, label in (("missing_keys", "missing"), ("unexpected_keys", "not in the model"),
+                        ("mismatched_keys", "of the wrong shape")):
+        keys = [k if isinstance(k, str) else k[0] for k in info.get(kind, [])]
+        keys = [k for k in keys if not k.endswith("position_ids")]
+        if keys:
+            shown = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            problems.append(f"{len(keys)} tensor(s) {label}: {shown}")
+    if problems:
+        raise IncompleteWeightsError(
+            f"the {part}'s weights do not fit its config ({'; '.join(problems)}). A part loaded like this would run "
+            "with those tensors random (or not at all). The file is damaged or belongs to another model: copy the "
+            f"{part}/ folder again from the source, or re-save the model with save_pretrained."
+        )
 
 
 def _local_error(folder: Path, part: str, err: BaseException) -> ModelLoadError:
@@ -549,28 +585,35 @@ def load(
             def fail(part: str, err: BaseException) -> ModelLoadError:
                 return _hub_error(repo_id, f"while loading its {part}", err)
 
+            # With no network, huggingface_hub retries for tens of seconds before it gives up. Look once,
+            # quickly, and then read only the local cache.
+            cache_only = _offline_mode() or not hub_reachable()
             try:
                 with _quiet_loading():
-                    index_path = huggingface_hub.hf_hub_download(repo_id, "model_index.json")
+                    index_path = huggingface_hub.hf_hub_download(
+                        repo_id, "model_index.json", local_files_only=cache_only)
                     scheduler_path = huggingface_hub.hf_hub_download(
-                        repo_id, "scheduler_config.json", subfolder="scheduler"
+                        repo_id, "scheduler_config.json", subfolder="scheduler", local_files_only=cache_only
                     )
             except (
                 Exception
             ) as err:  # offline, not cached, unknown id, gated, no network: all mean "not here"
-                raise _hub_error(
-                    repo_id, "while fetching model_index.json and the scheduler config", err
-                ) from err
+                step = "while fetching model_index.json and the scheduler config"
+                if cache_only and not _offline_mode():
+                    step += (f", from the local cache only: {huggingface_hub.constants.ENDPOINT} cannot be reached "
+                             "from this machine (no network?)")
+                raise _hub_error(repo_id, step, err) from err
             _check_model_index(json.loads(Path(index_path).read_text(encoding="utf-8")), repo_id)
             scheduler_config = json.loads(Path(scheduler_path).read_text(encoding="utf-8"))
-            parts = _load_parts(repo_id, scheduler_config, device=device, dtype=dtype, fail=fail)
+            parts = _load_parts(repo_id, scheduler_config, device=device, dtype=dtype, fail=fail,
+                                local_files_only=cache_only)
         else:
             folder = Path(value)
             if kind == "bundled" and not folder.is_dir():
                 raise ModelLoadError(
-                    f"the bundled model folder {folder} does not exist. It is produced by the "
-                    "project's training scripts (sdlearn/train*.py) and shipped with the package; "
-                    "reinstall sdlearn, or run the training script to create it. Meanwhile choose "
+                    f"the bundled model folder {folder} does not exist. It ships with the package "
+                    "and is built by the recipe (python -m sdlearn.recipe, about an hour on 2 CPU cores); "
+                    "reinstall sdlearn, or run the recipe to create it. Meanwhile choose "
                     f"another model with {MODEL_ENV_VAR} or load(name): '{SD15_REPLICA}' (random "
                     "weights, offline), a local folder path, or an SD 1.x hub id."
                 )

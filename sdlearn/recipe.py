@@ -82,15 +82,22 @@ def noise_scheduler_config() -> dict:
             "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 
 
+#: The sampler the exported folder ships. SD 1.5 ships PNDM; this model is sampled with DDIM (see
+#: DIFFERENCE_REASONS in sdlearn.model_card: at SD's guidance it stays right only under first-order samplers).
+SHIPPED_SCHEDULER = "DDIMScheduler"
+
+
 def sampling_scheduler_config() -> dict:
-    """The scheduler config the exported folder ships: SD 1.5's, key for key (PNDM, its keys only).
+    """The scheduler config the exported folder ships: SD 1.5's keys and values, with DDIM for PNDM.
 
     Only SD 1.5's keys, so that ``OtherScheduler.from_config(pipe.scheduler.config)`` gives each
-    scheduler its own defaults (its timestep spacing above all), as it does on SD 1.5.
+    scheduler its own defaults (its timestep spacing above all), as it does on SD 1.5; PNDM's own
+    ``skip_prk_steps`` is left out, since a DDIM config that named it would warn on every load.
     """
     from .models import load_sd15_configs
 
-    return dict(load_sd15_configs()["scheduler"])
+    config = {k: v for k, v in load_sd15_configs()["scheduler"].items() if k != "skip_prk_steps"}
+    return {**config, "_class_name": SHIPPED_SCHEDULER}
 
 
 def sd_scaling_factor() -> float:
@@ -172,7 +179,7 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     ``work`` keeps the checkpoints, the loss log and the timings; a second call with the same
     recipe resumes there, one with another recipe raises ``ValueError``.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTokenizer
 
     work.mkdir(parents=True, exist_ok=True)
@@ -261,7 +268,7 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
 
     # 5. Export: a standard diffusers folder, fp16 safetensors, plus the full CLIP in clip/
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
-                                   unet=unet, scheduler=PNDMScheduler.from_config(sampling_scheduler_config()),
+                                   unet=unet, scheduler=DDIMScheduler.from_config(sampling_scheduler_config()),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     export(pipe, clip, out, recipe=recipe, timings=timings, measured_scaling_factor=measured)
     report = {"timings_s": timings}

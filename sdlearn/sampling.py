@@ -122,6 +122,15 @@ def _check_components(components) -> None:
             f"model {components.name!r} lives on the 'meta' device: shapes but no weights, nothing to sample. "
             "Use models.load('sd15-replica') for random weights or models.load('bundled') for a trained model."
         )
+    unet_dtype, text_dtype = components.unet.dtype, components.text_encoder.dtype
+    if unet_dtype != text_dtype:
+        raise ValueError(
+            f"the U-Net is {str(unet_dtype).removeprefix('torch.')} but the text encoder is "
+            f"{str(text_dtype).removeprefix('torch.')}: the U-Net's cross-attention would multiply the two and fail. "
+            "Load every part in one dtype (sdlearn.models.load(dtype=...), or plain from_pretrained with the same "
+            "torch_dtype), or cast one: components.unet.to(torch.float32). (The VAE may differ: it decodes in "
+            "float32 when it needs to.)"
+        )
 
 
 def _check_steps(num_inference_steps, scheduler) -> None:
@@ -141,6 +150,12 @@ def _check_guidance(guidance_scale, batch_size: int) -> bool:
     if isinstance(guidance_scale, numbers.Real):
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}.")
+        if guidance_scale < 0:
+            warnings.warn(
+                f"guidance_scale {guidance_scale:g} is negative. As in diffusers, a scale <= 1 turns guidance off: the "
+                "prompt runs alone, exactly as with 1.0, and is not pushed away from. To steer away from something, use "
+                "a negative prompt; to apply uncond + s (text - uncond) literally, pass one scale per image as a list.",
+                UserWarning, stacklevel=4)
         return False
     if isinstance(guidance_scale, torch.Tensor):
         guidance_scale = guidance_scale.reshape(-1).tolist()
@@ -289,6 +304,7 @@ def prepare_latents(
     """
     device = torch.device(device)
     shape = tuple(int(s) for s in shape)
+    check_generator(generator)
     if latents is None:
         noise_device = generator.device if generator is not None else device
         if noise_device.type != device.type and noise_device.type != "cpu":
@@ -299,6 +315,14 @@ def prepare_latents(
             )
         latents = torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
     else:
+        if not isinstance(latents, torch.Tensor):
+            hint = " Fix: torch.from_numpy(latents)." if type(latents).__module__.startswith("numpy") else ""
+            raise TypeError(f"latents must be a torch.Tensor {list(shape)}, got {type(latents).__name__}.{hint}")
+        if not torch.isfinite(latents).all():
+            raise ValueError(
+                "the latents you passed contain NaN or inf, so every step would too. Draw them again, e.g. "
+                "torch.randn(shape, generator=generator), or find the step that produced them."
+            )
         if tuple(latents.shape) != shape:
             raise ValueError(
                 f"latents has shape {tuple(latents.shape)}; expected {shape} ([batch, latent channels, "
@@ -306,6 +330,15 @@ def prepare_latents(
             )
         latents = latents.to(device=device, dtype=dtype)
     return latents * init_noise_sigma
+
+
+def check_generator(generator) -> None:
+    """Raise a ``TypeError`` that says how to make one unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" For a seed, make one: torch.Generator().manual_seed({generator!r})." if isinstance(
+            generator, int) and not isinstance(generator, bool) else ""
+        raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__} "
+                        f"{generator!r:.40}.{hint}")
 
 
 def prepare_extra_step_kwargs(scheduler, generator: torch.Generator | None, eta: float) -> dict:
@@ -394,6 +427,15 @@ def denoise(
     Returns ``(final latents, recorded steps)``.
     """
     extra_step_kwargs = extra_step_kwargs or {}
+    stepped = getattr(scheduler, "step_index", None)
+    if stepped is None and getattr(scheduler, "counter", 0):       # PNDM counts its steps instead
+        stepped = scheduler.counter
+    if stepped is not None:
+        raise ValueError(
+            f"this {type(scheduler).__name__} has already stepped (step {stepped}): it keeps its "
+            "place in the schedule, so a second run would start where the first ended. Call "
+            "scheduler.set_timesteps(num_inference_steps) again first, or use sampling.fresh_scheduler(scheduler)."
+        )
     do_classifier_free_guidance = negative_prompt_embeds is not None
     batch_size = latents.shape[0]
     if do_classifier_free_guidance:
@@ -569,6 +611,10 @@ def text_to_image(
     device = unet.device
     height = components.image_size if height is None else height
     width = components.image_size if width is None else width
+    for name, size in (("height", height), ("width", width)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a positive int, a multiple of {sdlearn.vae.vae_scale_factor(vae)} (pixels), "
+                             f"got {size!r}. Leave it out for the model's own size ({components.image_size}).")
     _, _, latent_height, latent_width = sdlearn.vae.latent_shape(vae, height, width)   # checks the sizes
 
     # 1. Encode the prompt (and the negative or empty prompt, for guidance)
@@ -618,6 +664,12 @@ def get_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
         raise ValueError(
             f"strength must be a number in [0, 1] (0: keep the image, 1: start from noise), got {strength!r}."
+        )
+    if getattr(scheduler, "num_inference_steps", None) != num_inference_steps:
+        raise ValueError(
+            f"call scheduler.set_timesteps({num_inference_steps}) first: the scheduler holds "
+            f"{getattr(scheduler, 'num_inference_steps', None)!r} inference steps, and get_timesteps picks the last "
+            f"strength x {num_inference_steps} of them."
         )
     init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
     if init_timestep < 1:

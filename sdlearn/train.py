@@ -138,13 +138,33 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
 
     Under ``accelerate launch`` with several processes, process ``i`` seeds its generator with
     ``seed + i`` (so each GPU draws its own batches: one process is exactly the single-device
-    run), and only the main process writes checkpoints and the loss log.
+    run), and only the main process writes checkpoints and the loss log. If ``loss_fn`` (or anything
+    in the loop) raises, the model is put back in the train/eval mode it came in.
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1 (optimizer steps to take), got {steps!r}. Pass e.g. steps=200.")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}. Pass e.g. lr=1e-3.")
+    if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                  or not 0 < ema_decay < 1):
+        raise ValueError(f"ema_decay must be a number in (0, 1) (e.g. 0.999) or None, got {ema_decay!r}.")
+    was_training = model.training
+    try:
+        return _fit(model, loss_fn, steps=steps, lr=lr, seed=seed, warmup=warmup, weight_decay=weight_decay,
+                    ema_decay=ema_decay, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                    log_every=log_every, log_file=log_file, desc=desc, callback=callback, progress=progress,
+                    accelerator=accelerator)
+    except BaseException:
+        model.train(was_training)           # a failed run leaves the model in the mode it came in
+        raise
+
+
+def _fit(model, loss_fn, *, steps, lr, seed, warmup, weight_decay, ema_decay, checkpoint_dir, checkpoint_every,
+         log_every, log_file, desc, callback, progress, accelerator):
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     accelerator = accelerator or Accelerator()
     device = accelerator.device
     model = model.to(device)

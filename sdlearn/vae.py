@@ -69,7 +69,8 @@ def _check_images(vae, images: torch.Tensor) -> None:
     if images.shape[1] != in_channels:
         hint = ""
         if images.shape[1] == vae.config.latent_channels:
-            hint = " These look like latents: decode them with sdlearn.vae.decode, not encode."
+            hint = (f" {images.shape[1]} channels: latents (decode them with sdlearn.vae.decode, not encode), "
+                    "or an RGBA image (drop the alpha channel: images[:, :3]; for PIL, image.convert('RGB')).")
         elif images.shape[-1] == in_channels:
             hint = " It looks channels-last: use images.permute(0, 3, 1, 2)."
         raise ValueError(
@@ -85,6 +86,9 @@ def _check_images(vae, images: torch.Tensor) -> None:
     if torch.isnan(images).any():
         raise ValueError("images contains NaN; expected finite values in [-1, 1].")
     lo, hi = float(images.min()), float(images.max())
+    from sdlearn.images import warn_if_unit_range
+
+    warn_if_unit_range(images, where="the VAE's input images", stacklevel=4)
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         hint = " It looks like 0..255 pixels: use x / 127.5 - 1." if lo >= 0 and hi > 2 else ""
         raise ValueError(

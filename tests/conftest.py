@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["SDLEARN_PROGRESS"] = "0"        # tests (and the notebook kernels they start) keep no progress record
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402

@@ -493,3 +493,14 @@ def test_shape_words_light_up_their_own_object_on_the_bundled_model(bundled_pipe
     assert shape["inside"] >= SHAPE_INSIDE_MIN > 2 * shape["chance"]
     assert shape["hotter"] >= SHAPE_HOTTER_MIN
     assert set(result.maps) == {"all", "8x8", "4x4", "2x2", "early steps", "late steps"}
+
+
+def test_word_index_keeps_every_occurrence_and_names_a_missing_word(tiny_components):
+    tokenizer = tiny_components.tokenizer
+    prompt = "a red circle on the left a blue square on the right"
+    index = A.word_index(tokenizer, prompt)
+    positions = dict(A.word_positions(tokenizer, prompt))    # a dict keeps the last "a" only
+    assert index.occurrences("a") == [[1], [7]] and index["a"] == [1, 7] and positions["a"] == [7]
+    assert index["circle"] == [3] and "square" in index and len(index) == 9
+    with pytest.raises(KeyError, match=r"'green' is not a word of the prompt 'a red circle.*which are a, red, circle"):
+        index["green"]

@@ -154,6 +154,7 @@ def _run_cell(page, cell, index: int) -> None:
             raise AssertionError(f"cell {index} raised an error:\n{text[-2000:]}")
 
 
+@pytest.mark.slow
 def test_moving_a_slider_redraws_the_picture_in_jupyterlab(tmp_path):
     why = _why_not()
     if why:

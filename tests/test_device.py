@@ -129,3 +129,9 @@ def test_check_same_device_dtype_mixed_dtypes():
 def test_check_same_device_dtype_rejects_non_tensor():
     with pytest.raises(TypeError, match=r"noise must be a torch.Tensor, got list"):
         dev.check_same_device_dtype(latents=torch.zeros(2), noise=[0.0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_make_generator_on_a_missing_gpu_says_what_to_do():
+    with pytest.raises(RuntimeError, match=r"'cuda' was requested but CUDA is not available.*device='cpu'"):
+        dev.make_generator(0, device="cuda")

@@ -152,3 +152,12 @@ def test_psnr_errors():
         images.psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 16))
     with pytest.raises(ValueError, match=r"b has values in \[0, 255\].*data_range=255.0"):
         images.psnr(torch.zeros(3), torch.tensor([0.0, 1.0, 255.0]))
+
+
+def test_to_numpy_warns_about_a_tensor_in_zero_one():
+    from sdlearn.images import PixelRangeWarning, to_numpy
+
+    with pytest.warns(PixelRangeWarning, match=r"images.to_numpy: every value is in \[0, 1\]"):
+        to_numpy(torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"or an RGBA image \(drop the alpha channel"):
+        to_numpy(torch.zeros(1, 4, 8, 8))

@@ -44,6 +44,9 @@ assert dtype == torch.float16, f"the notebook ran in {dtype}, not float16: the r
 """
 
 
+pytestmark = pytest.mark.slow
+
+
 def test_every_notebook_is_rehearsed():
     assert len(NOTEBOOKS) == 10, [p.name for p in NOTEBOOKS]
 

@@ -597,3 +597,50 @@ def test_benchmark_script_refuses_impossible_settings(bench, tiny_model_dir):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA is not available"):
             bench.main(["--device", "cuda", "--model", str(tiny_model_dir)])
+
+
+# --- bad input, as a new user types it: a clear error that says what to do ------------------------------------
+
+
+def test_bad_sizes_generators_and_latents_get_clear_errors(tiny_components):
+    for size in (0, -8, "64"):
+        with pytest.raises(ValueError, match=rf"height must be a positive int.*got {re.escape(repr(size))}"):
+            sampling.text_to_image(tiny_components, PROMPT, height=size, num_inference_steps=1)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator.*torch.Generator\(\).manual_seed\(0\)"):
+        sampling.text_to_image(tiny_components, PROMPT, generator=0, num_inference_steps=1, height=SIZE, width=SIZE)
+    with pytest.raises(TypeError, match=r"latents must be a torch.Tensor.*torch.from_numpy"):
+        sampling.text_to_image(tiny_components, PROMPT, latents=np.zeros((1, 4, 16, 16), dtype=np.float32),
+                               num_inference_steps=1, height=SIZE, width=SIZE)
+    nan = torch.full((1, 4, 16, 16), float("nan"))
+    with pytest.raises(ValueError, match="the latents you passed contain NaN"):
+        sampling.text_to_image(tiny_components, PROMPT, latents=nan, num_inference_steps=1, height=SIZE, width=SIZE)
+
+
+def test_a_half_precision_unet_beside_float32_parts_is_refused_with_the_fix(tiny_components):
+    half = dataclasses.replace(tiny_components, unet=copy.deepcopy(tiny_components.unet).half())
+    with pytest.raises(ValueError, match=r"the U-Net is float16 but the text encoder is float32.*unet.to\(torch.float32\)"):
+        sampling.text_to_image(half, PROMPT, num_inference_steps=1, height=SIZE, width=SIZE)
+
+
+def test_a_negative_guidance_scale_warns_that_it_is_no_guidance(tiny_components):
+    with pytest.warns(UserWarning, match=r"guidance_scale -3 is negative.*exactly as with 1.0"):
+        sampling.text_to_image(tiny_components, PROMPT, guidance_scale=-3.0, num_inference_steps=1, height=SIZE,
+                               width=SIZE, decode=False)
+
+
+@pytest.mark.parametrize("name", ["euler", "pndm"])
+def test_denoise_twice_on_one_scheduler_says_to_set_the_timesteps_again(tiny_components, name):
+    scheduler = SCHEDULERS[name](tiny_components.scheduler.config)
+    scheduler.set_timesteps(2)
+    latents = torch.randn(1, 4, 16, 16, generator=gen()) * scheduler.init_noise_sigma
+    text = sampling.encode_prompt(tiny_components.tokenizer, tiny_components.text_encoder, PROMPT,
+                                  do_classifier_free_guidance=False)[0]
+    sampling.denoise(tiny_components.unet, scheduler, latents, text, timesteps=scheduler.timesteps)
+    with pytest.raises(ValueError, match=r"has already stepped.*set_timesteps\(num_inference_steps\) again"):
+        sampling.denoise(tiny_components.unet, scheduler, latents, text, timesteps=scheduler.timesteps)
+
+
+def test_get_timesteps_before_set_timesteps_says_so(tiny_components):
+    scheduler = sampling.fresh_scheduler(tiny_components.scheduler)
+    with pytest.raises(ValueError, match=r"call scheduler.set_timesteps\(5\) first"):
+        sampling.get_timesteps(scheduler, 5, 0.5)

@@ -100,9 +100,28 @@ def test_cosine_lr():
     assert train.cosine_lr(100, steps=100, warmup=10) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_fit_rejects_zero_steps():
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        train.fit(Quadratic(), quadratic_loss, steps=0, lr=0.1)
+@pytest.mark.parametrize("steps", [0, "10", 2.5, True])
+def test_fit_rejects_steps_that_are_not_a_positive_int(steps):
+    with pytest.raises(ValueError, match=r"steps must be an int >= 1 .*got " + repr(steps).replace("'", ".")):
+        train.fit(Quadratic(), quadratic_loss, steps=steps, lr=0.1)
+
+
+def test_fit_rejects_a_bad_learning_rate_and_ema():
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+        train.fit(Quadratic(), quadratic_loss, steps=2, lr="0.1")
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \(0, 1\)"):
+        train.fit(Quadratic(), quadratic_loss, steps=2, lr=0.1, ema_decay=1.5)
+
+
+def test_fit_puts_the_model_back_in_its_mode_when_the_loss_raises():
+    model = Quadratic().eval()
+
+    def broken(model, generator, device):
+        raise KeyError("a caption that is not in the prompt table")
+
+    with pytest.raises(KeyError):
+        train.fit(model, broken, steps=3, lr=0.1, progress=False)
+    assert not model.training
 
 
 def test_diffusion_loss_is_the_ddpm_objective():
@@ -356,7 +375,7 @@ def test_recipe_exports_a_folder_plain_diffusers_loads(miniature_build):
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
     assert pipe.unet.config.block_out_channels == [32, 32]
     assert pipe.vae.config.scaling_factor == 0.18215      # measured on the pool, then folded to SD's
-    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    assert type(pipe.scheduler).__name__ == recipe.SHIPPED_SCHEDULER
     saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert {k: v for k, v in saved.items() if k != "_diffusers_version"} == recipe.sampling_scheduler_config()
     # the fold keeps the latents the U-Net was trained on: the pool re-encoded, scaled, has unit variance

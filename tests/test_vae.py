@@ -91,7 +91,7 @@ def test_kl_of_one_gaussian_by_formula():
 
 
 def test_encode_rejects_bad_images(vae, images):
-    with pytest.raises(ValueError, match=r"4 channels.*expects 3.*look like latents"):
+    with pytest.raises(ValueError, match=r"4 channels.*expects 3.*latents.*or an RGBA image.*images\[:, :3\]"):
         sdvae.encode(vae, torch.zeros(1, 4, SIZE, SIZE))
     with pytest.raises(ValueError, match=r"channels-last"):
         sdvae.encode(vae, torch.zeros(1, SIZE, SIZE, 3))
@@ -155,3 +155,16 @@ def test_fold_scaling_factor_refuses_what_it_cannot_fold(vae):
     no_quant.quant_conv = None
     with pytest.raises(ValueError, match="no quant_conv"):
         sdvae.fold_scaling_factor(no_quant, 0.18215)
+
+
+def test_images_in_zero_one_warn_that_sd_expects_minus_one_one(vae):
+    from sdlearn.images import PixelRangeWarning
+
+    unit = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))     # [0, 1]: too bright
+    with pytest.warns(PixelRangeWarning, match=r"every value is in \[0, 1\].*x \* 2 - 1"):
+        sdvae.encode(vae, unit, sample=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PixelRangeWarning)
+        sdvae.encode(vae, unit * 2 - 1, sample=False)                                   # [-1, 1]: no warning

@@ -15,19 +15,36 @@ import numpy as np
 import torch
 
 
+def _as_cpu_float64(value: Any) -> torch.Tensor | None:
+    """``value`` as a float64 tensor on the CPU, or None when it holds no numbers to compare.
+
+    ``value``: a tensor of any dtype on any device (CUDA, MPS, ...), a NumPy array, a number, or a
+    (nested) list or tuple of these. A tensor on the ``meta`` device has a shape but no values: None.
+    """
+    try:
+        if torch.is_tensor(value):
+            return value.detach().to("cpu", torch.float64)
+        if isinstance(value, (list, tuple)) and any(torch.is_tensor(v) for v in value):
+            parts = [_as_cpu_float64(v) for v in value]
+            if any(p is None for p in parts) or len({p.shape for p in parts}) != 1:
+                return None
+            return torch.stack(parts)
+        return torch.from_numpy(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None
+
+
 def _close(answer: Any, expected: Any, rtol: float, atol: float) -> bool:
-    if torch.is_tensor(expected) or torch.is_tensor(answer):
-        a = torch.as_tensor(answer).double()
-        e = torch.as_tensor(expected).double()
-        return a.shape == e.shape and bool(torch.allclose(a, e, rtol=rtol, atol=atol))
+    """Whether ``answer`` is ``expected``: numbers, arrays and tensors within ``rtol``/``atol``, compared in
+    float64 on the CPU (so a float16 CUDA tensor can be checked against a float32 CPU one); anything else by ``==``."""
+    if torch.is_tensor(expected) or torch.is_tensor(answer) or isinstance(expected, np.ndarray):
+        a, e = _as_cpu_float64(answer), _as_cpu_float64(expected)
+        return a is not None and e is not None and a.shape == e.shape and bool(torch.allclose(a, e, rtol=rtol, atol=atol))
     if isinstance(expected, (float, int, np.floating, np.integer)) and not isinstance(expected, bool):
         try:
             return bool(np.isclose(float(answer), float(expected), rtol=rtol, atol=atol))
         except (TypeError, ValueError):
             return False
-    if isinstance(expected, np.ndarray):
-        a = np.asarray(answer)
-        return a.shape == expected.shape and bool(np.allclose(a, expected, rtol=rtol, atol=atol))
     return answer == expected
 
 
@@ -45,5 +62,8 @@ def check(name: str, answer: Any, expected: Any | Callable[[Any], bool], *, hint
         return
     right = expected(answer) if callable(expected) else _close(answer, expected, rtol, atol)
     if not right:
+        if torch.is_tensor(answer) and answer.is_meta:
+            hint = (f"{hint} Your answer is a tensor on the 'meta' device, which has a shape but no values: "
+                    "compute it from tensors that hold data.").strip()
         raise AssertionError(f"{name}: not quite. {hint}".strip())
     print(f"{name}: correct")

@@ -1,0 +1,3 @@
+from sdlearn.exercises import main
+
+main()
