@@ -250,11 +250,12 @@ def _rounded(following: dict) -> dict:
 
 
 def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidance_scale: float | None = None,
-             progress: bool = False) -> dict:
+             sampler_count: int = 60, progress: bool = False) -> dict:
     """Every measurement above, for the diffusers folder ``model_dir`` (fp32, CPU).
 
     ``guidance_scale=None`` chooses it with :func:`guidance_sweep` on validation seeds; a
-    number skips the sweep.
+    number skips the sweep. ``sampler_count``: generations per prompt kind for each row of the
+    sampler table (six samplers at 25 to 50 steps cost about as much as the rest together at 60).
     """
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
@@ -286,7 +287,8 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     report["scheduler"] = type(pipe.scheduler).__name__
     report["samplers_at_sd_default"] = {
         name: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-        for name, row in sampler_table(pipe, count=count, progress=progress).items()}
+        for name, row in sampler_table(pipe, count=sampler_count, progress=progress).items()}
+    report["sampler_count"] = sampler_count
     speed = seconds_per_image(pipe, steps=steps, guidance_scale=guidance_scale)
     report["seconds_per_image"] = round(speed["median"], 3)
     report["seconds_per_image_quartiles"] = [round(speed["q1"], 3), round(speed["q3"], 3)]
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=BUNDLED_MODEL_DIR)
     parser.add_argument("--n", type=int, default=240, help="generations per prompt kind (default 240)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler-n", type=int, default=60,
+                        help="generations per prompt kind for each sampler of the sampler table (default 60)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="guidance scale (default: the best of a sweep on validation seeds)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
@@ -311,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.model / "model_index.json").exists():
         parser.error(f"{args.model} is not a diffusers folder (no model_index.json); build one with "
                      "`python -m sdlearn.recipe` or pass --model")
-    report = evaluate(args.model, count=args.n, steps=args.steps, guidance_scale=args.guidance, progress=True)
+    report = evaluate(args.model, count=args.n, steps=args.steps, guidance_scale=args.guidance,
+                      sampler_count=args.sampler_n, progress=True)
     text = json.dumps(report, indent=2)
     print(text)
     print(f"\nPrompt following at guidance {SD_DEFAULT_GUIDANCE} (every named attribute right, held-out prompts "

@@ -194,10 +194,10 @@ def render_card(folder: str | Path, evaluation: dict) -> str:
     if samplers:
         from .evaluate import format_sampler_table
 
-        generations = sum(row["n"] for row in pf.values())     # the sampler table uses the same prompts
+        generations = 3 * evaluation["sampler_count"]           # full, partial and two-object prompts
         sampler_text = (
             "\nAt guidance 7.5 under each sampler SD 1.x is usually run with, at its usual number of steps\n"
-            "(each made `from_config(pipe.scheduler.config)`; same held-out prompts and seeds; the last column\n"
+            "(each made `from_config(pipe.scheduler.config)`; the first of the same held-out prompts and seeds; the last column\n"
             f"is the share of all {generations} generations with every named attribute right):\n\n"
             f"{format_sampler_table(samplers)}\n\n{shortfall_sentence(samplers)}\n")
     rows = _following_rows(pf)

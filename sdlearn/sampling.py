@@ -767,6 +767,18 @@ class DDIMStepOutput:
     pred_original_sample: torch.Tensor
 
 
+def _check_step_inputs(noise_pred, latents, alphas_cumprod) -> None:
+    """The arguments every hand-written scheduler step shares (:func:`ddim_step`, :func:`ddpm_step`)."""
+    if not isinstance(noise_pred, torch.Tensor) or not isinstance(latents, torch.Tensor) \
+            or noise_pred.shape != latents.shape:
+        raise ValueError(
+            f"noise_pred {tuple(getattr(noise_pred, 'shape', ()))} and latents {tuple(getattr(latents, 'shape', ()))} "
+            "must be tensors of the same shape [B, C, h, w]: one predicted noise value per latent element."
+        )
+    if not isinstance(alphas_cumprod, torch.Tensor) or alphas_cumprod.ndim != 1:
+        raise ValueError("alphas_cumprod must be a 1-D tensor [T], e.g. scheduler.alphas_cumprod.")
+
+
 def ddim_step(
     noise_pred: torch.Tensor,
     timestep: int | torch.Tensor,
@@ -793,14 +805,7 @@ def ddim_step(
     ``noise_pred`` (eps) and ``latents`` (x_t): ``[B, C, h, w]``. The operations are
     ``DDIMScheduler.step``'s, in its order, so the results are equal to the last bit.
     """
-    if not isinstance(noise_pred, torch.Tensor) or not isinstance(latents, torch.Tensor) \
-            or noise_pred.shape != latents.shape:
-        raise ValueError(
-            f"noise_pred {tuple(getattr(noise_pred, 'shape', ()))} and latents {tuple(getattr(latents, 'shape', ()))} "
-            "must be tensors of the same shape [B, C, h, w]: one predicted noise value per latent element."
-        )
-    if not isinstance(alphas_cumprod, torch.Tensor) or alphas_cumprod.ndim != 1:
-        raise ValueError("alphas_cumprod must be a 1-D tensor [T], e.g. scheduler.alphas_cumprod.")
+    _check_step_inputs(noise_pred, latents, alphas_cumprod)
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or eta < 0:
         raise ValueError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta!r}.")
     if variance_noise is not None and generator is not None:
@@ -913,14 +918,7 @@ def ddpm_step(
     only ``1e-10 z`` is added; fixed-large adds ``beta_1`` worth. Returns a :class:`DDPMStepOutput`
     equal, to the last bit, to ``DDPMScheduler.step`` with the same noise.
     """
-    if not isinstance(noise_pred, torch.Tensor) or not isinstance(latents, torch.Tensor) \
-            or noise_pred.shape != latents.shape:
-        raise ValueError(
-            f"noise_pred {tuple(getattr(noise_pred, 'shape', ()))} and latents {tuple(getattr(latents, 'shape', ()))} "
-            "must be tensors of the same shape [B, C, h, w]: one predicted noise value per latent element."
-        )
-    if not isinstance(alphas_cumprod, torch.Tensor) or alphas_cumprod.ndim != 1:
-        raise ValueError("alphas_cumprod must be a 1-D tensor [T], e.g. scheduler.alphas_cumprod.")
+    _check_step_inputs(noise_pred, latents, alphas_cumprod)
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}.")
     if variance_noise is not None and generator is not None:

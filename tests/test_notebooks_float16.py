@@ -16,6 +16,7 @@ and the real sizes. Only a GPU runs those.
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import nbformat
@@ -52,13 +53,22 @@ def test_every_notebook_is_rehearsed():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_float16(path):
+def test_notebook_runs_in_float16_as_a_learner_first_opens_it(path):
+    """In float16, and with the solution cells taken out, as a learner meets the notebook before answering:
+    it must run to the end, and each exercise's check must say that it has no answer yet. (nbval runs the
+    solutions, in float32.)"""
     nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
+    asked = [c for c in nb.cells if c.cell_type == "code" and re.search(r"^check\(\"\d\d\.\d+\"", c.source, re.M)]
     nb.cells.insert(0, nbformat.v4.new_code_cell(FLOAT16_ON_THE_CPU))
     nb.cells.append(nbformat.v4.new_code_cell(IT_RAN_IN_FLOAT16))
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()           # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    assert asked, f"{path.name}: no exercise checks found"
+    for cell in asked:
+        printed = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+        assert "no answer yet" in printed, f"{path.name}: without an answer the check said {printed!r}"
 
 
 def test_notebook_06s_cuda_only_cell_runs_with_stand_ins(tiny_components, monkeypatch, capsys):
