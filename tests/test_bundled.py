@@ -56,7 +56,9 @@ def test_scaling_factor_gives_unit_variance_latents_and_raw_latents_sds_spread(b
     assert 0.85 < float(latents.std()) < 1.15
     assert 4.5 < float(raw.std()) < 6.5                   # SD 1.x's raw latents: std about 5.5
     measured = json.loads((FOLDER / "recipe.json").read_text())["measured_scaling_factor"]
-    assert 1 / measured == pytest.approx(float(raw.std()) * 0.18215, rel=0.1)   # what the fold started from
+    k = measured / 0.18215                                # the fold multiplied the encoder's latents by k
+    unfolded = raw / k                                    # the latents before the fold
+    assert 1 / float(unfolded.std()) == pytest.approx(measured, rel=0.1)   # what the fold started from
 
 
 def test_every_config_difference_from_sd15_has_its_reason_in_the_card():

@@ -533,7 +533,7 @@ def test_bad_decode_and_latents_input_is_explained(tiny_components):
         sampling.decode_latents(tiny_components.vae, torch.full((1, 4, 8, 8), float("nan")))
     with pytest.raises(TypeError, match="latents must be a tensor"):
         sampling.decode_latents(tiny_components.vae, np.zeros((1, 4, 8, 8)))
-    with pytest.raises(ValueError, match="generator lives on meta"):
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):   # a stand-in is refused first
         sampling.prepare_latents((1, 4, 2, 2), init_noise_sigma=1.0, generator=_FakeGenerator("meta"))
 
 
