@@ -19,6 +19,7 @@ test tools. It remembers what it installed and does nothing the second time unle
 pyproject.toml changed. Extra arguments go to JupyterLab or pytest:
 
     python3 course.py test -k vae -x
+    python3 course.py test -n 0          # in one process (the default runs two or more workers in parallel)
     python3 course.py lab --port 8899
 
 Environment variables:
@@ -31,9 +32,12 @@ Environment variables:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import venv
@@ -203,6 +207,94 @@ def execute_notebooks(py: Path, paths: list[str]) -> int:
     return 0
 
 
+FIRST_NOTEBOOK = "notebooks/00_start_here.ipynb"
+# JupyterLab's settings for the course's lab: no "Would you like to get notified about official Jupyter
+# news?" popup over the first notebook, and no update checks (the course runs offline too).
+LAB_SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+
+
+def quiet_lab_settings(py: Path) -> Path:
+    """Write LAB_SETTINGS into the environment's JupyterLab overrides (``<env>/share/jupyter/lab/settings/
+    overrides.json``), keeping any other overrides there. Returns the file."""
+    path = py.parent.parent / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        settings = {}
+    for plugin, values in LAB_SETTINGS.items():
+        settings.setdefault(plugin, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
+def free_port(preferred: int = 8888) -> int:
+    """``preferred`` if nothing listens there, else a port the system picks."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise SystemExit("no free TCP port for JupyterLab; pass one with --port N")
+
+
+def _option(extra: list[str], name: str) -> str | None:
+    """The value of ``--name N`` or ``--name=N`` (or ``--ServerApp.name=N``) in JupyterLab's arguments."""
+    for i, arg in enumerate(extra):
+        for flag in (f"--{name}", f"--ServerApp.{name}"):
+            if arg == flag and i + 1 < len(extra):
+                return extra[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def lab(py: Path, extra: list[str]) -> int:
+    """JupyterLab on the course, opened at notebook 00, with the address of notebook 00 printed first
+    (with ``--no-browser``, paste it into a browser: it opens the notebook, not the Launcher)."""
+    quiet_lab_settings(py)
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        extra = ["--allow-root", *extra]  # containers and cloud notebooks often run as root
+    port = _option(extra, "port")
+    if port is None:
+        port = str(free_port())
+        extra = [f"--ServerApp.port={port}", "--ServerApp.port_retries=0", *extra]
+    token = _option(extra, "IdentityProvider.token") or _option(extra, "token")
+    if token is None:
+        token = secrets.token_hex(24)
+        extra = [f"--IdentityProvider.token={token}", *extra]
+    url = f"http://localhost:{port}/lab/tree/{FIRST_NOTEBOOK}" + (f"?token={token}" if token else "")
+    say("opening the course in JupyterLab (Ctrl+C to stop); the first notebook is at")
+    print(f"    {url}", flush=True)
+    # root_dir: the repository, not notebooks/ (JupyterLab's default for a file argument),
+    # so that the notebooks' diagrams in ../images/ are served too.
+    return subprocess.call([str(py), "-m", "jupyter", "lab", str(ROOT / FIRST_NOTEBOOK), f"--ServerApp.root_dir={ROOT}",
+                            *extra], env=env_for(py), cwd=ROOT)
+
+
+def parallel_args(extra: list[str], env: dict[str, str]) -> list[str]:
+    """Run the tests in parallel, one pytest-xdist worker per two cores, each worker (and the notebook
+    kernels it starts) on its share of the cores.
+
+    Two processes that each start as many torch threads as there are cores slow each other down
+    several times over (the threads spin while they wait), so each worker gets ``cores // workers``
+    threads through OMP_NUM_THREADS. The cells of one notebook share a kernel and run in order, so
+    each file's tests stay together on one worker (``--dist loadfile``). Pass ``-n 0`` to run in one
+    process, or your own ``-n N``.
+    """
+    if any(a == "-n" or a.startswith(("-n=", "--numprocesses")) or (a.startswith("-n") and a[2:].isdigit())
+           for a in extra):
+        return extra
+    cores = os.cpu_count() or 1
+    workers = max(1, min(cores // 2, 8)) if cores >= 4 else min(cores, 2)
+    if workers < 2:
+        return extra
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+    return ["-n", str(workers), "--dist", "loadfile", *extra]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"lab", "test", "setup", "execute", "progress"}:
         print(__doc__)
@@ -216,14 +308,7 @@ def main(argv: list[str]) -> int:
     if command == "progress":
         return subprocess.call([str(py), "-m", "sdlearn.exercises"], env=env_for(py), cwd=ROOT)
     if command == "lab":
-        start = ROOT / "notebooks" / "00_start_here.ipynb"
-        say("opening the course in JupyterLab (Ctrl+C to stop)")
-        if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
-            extra = ["--allow-root", *extra]  # containers and cloud notebooks often run as root
-        # root_dir: the repository, not notebooks/ (JupyterLab's default for a file argument),
-        # so that the notebooks' diagrams in ../images/ are served too.
-        return subprocess.call([str(py), "-m", "jupyter", "lab", str(start), f"--ServerApp.root_dir={ROOT}", *extra],
-                               env=env_for(py), cwd=ROOT)
+        return lab(py, extra)
     quick = "--quick" in extra
     if quick:
         extra = [a for a in extra if a != "--quick"] + ["-m", "not slow"]
@@ -231,6 +316,7 @@ def main(argv: list[str]) -> int:
     else:
         ensure_chromium()
     env = env_for(py)
+    extra = parallel_args(extra, env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
     env["SDLEARN_PROGRESS"] = "0"           # nor write a learner's progress record
     env.setdefault("MPLBACKEND", "Agg")

@@ -22,4 +22,18 @@ what a learner meets:
 - ``exercises``: the checks of the notebooks' exercises
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+
+class _NoTorchvisionNotice(_logging.Filter):
+    """Drop transformers' notice that CLIP's and SigLIP's image processors fall back to their PIL versions
+    when torchvision is not installed (printed on every import of the pipelines). The course needs only
+    the PIL versions, which compute the same pixels; every other message from transformers is kept."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+_logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())

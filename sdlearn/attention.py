@@ -49,6 +49,7 @@ from diffusers.models import attention_processor as _ap
 from matplotlib.figure import Figure
 
 from sdlearn import world
+from sdlearn._checks import check_int, is_int, positive_int
 
 KEEP_MODES = ("conditional", "all")
 
@@ -81,7 +82,7 @@ class AttentionLayer:
 
 
 def _is_side(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value, 1)
 
 
 def _shrink(maps: torch.Tensor, side: int) -> torch.Tensor:
@@ -152,10 +153,8 @@ class AttentionStore:
                              "with classifier-free guidance (the batch is [uncond, cond]), 'all' for a U-Net run "
                              "without it.")
         for name, value in (("max_side", max_side), ("step_side", step_side)):
-            if not _is_side(value):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-        if isinstance(self_max_side, bool) or not isinstance(self_max_side, int) or self_max_side < 0:
-            raise ValueError(f"self_max_side must be an int >= 0 (0: keep no self-attention), got {self_max_side!r}.")
+            positive_int(name, value)
+        check_int("self_max_side", self_max_side, low=0, expected="an int >= 0 (0: keep no self-attention)")
         self.keep, self.max_side, self.step_side, self.self_max_side = keep, max_side, step_side, self_max_side
         self.layers: dict[str, AttentionLayer] = {}
         self.timesteps: list[float | None] = []     # one per U-Net call; None where it could not be read (meta)
@@ -316,13 +315,13 @@ class AttentionStore:
         return chosen
 
     def _step_filter(self, steps) -> list[int]:
-        if isinstance(steps, int) and not isinstance(steps, bool):
+        if is_int(steps):
             steps = [steps]
         if isinstance(steps, slice):
             return list(range(self.steps))[steps]
         chosen = []
         for s in steps:
-            if isinstance(s, bool) or not isinstance(s, int) or not -self.steps <= s < self.steps:
+            if not is_int(s, -self.steps, self.steps - 1):
                 raise ValueError(f"step {s!r} is out of range: the store has seen {self.steps} U-Net calls "
                                  f"(steps 0 ... {self.steps - 1}; negative indices count from the end).")
             chosen.append(s % self.steps)
@@ -678,11 +677,11 @@ def heat_map(maps: torch.Tensor, positions: int | Sequence[int]) -> torch.Tensor
     if not isinstance(maps, torch.Tensor) or maps.ndim < 3:
         raise ValueError("maps must be a tensor [..., L, H, W] (AttentionStore.maps), got "
                          f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__}.")
-    if isinstance(positions, int) and not isinstance(positions, bool):
+    if is_int(positions):
         positions = [positions]
     positions = list(positions)
     L = maps.shape[-3]
-    if not positions or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < L for p in positions):
+    if not positions or not all(is_int(p, 0, L - 1) for p in positions):
         raise ValueError(f"positions must be token positions in [0, {L}), got {positions!r}. Get a word's positions "
                          "from word_positions(tokenizer, prompt).")
     return maps[..., positions, :, :].sum(dim=-3)
@@ -892,10 +891,8 @@ def measure_localisation(pipe, prompts: Sequence[tuple[str, list[dict[str, str]]
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale > 1:
         raise ValueError(f"guidance_scale must be a number > 1 (classifier-free guidance), got {guidance_scale!r}: "
                          "capture keeps the conditional half of the pipeline's doubled batch.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2 (early and late halves are compared), got {steps!r}.")
+    positive_int("batch_size", batch_size)
+    check_int("steps", steps, low=2, expected="an int >= 2 (early and late halves are compared)")
     unet = pipe.unet
     side = int(unet.config.sample_size)
     latents = torch.randn((len(prompts), int(unet.config.in_channels), side, side), generator=generator)  # [P, C, h, w]

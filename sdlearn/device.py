@@ -19,6 +19,8 @@ from importlib import metadata
 
 import torch
 
+from sdlearn._checks import is_int
+
 DEVICE_ENV_VAR = "SDLEARN_DEVICE"
 ALLOWED_DEVICES = ("cpu", "cuda", "cuda:N", "mps")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -147,7 +149,7 @@ def make_generator(seed: int, *, device: str | torch.device = "cpu") -> torch.Ge
     device and move it, as diffusers' ``randn_tensor`` does. Raises ``RuntimeError`` saying what to
     do when ``device`` is not on this machine (torch's own message is about how it was built).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}. Pass e.g. seed=0.")
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}. Pass a non-negative int, e.g. seed=0.")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import train, world
+from ._checks import check_int
 from .text import clip_image_features, clip_text_features
 
 HELD_OUT_SEED = 1000
@@ -121,8 +122,7 @@ def eval_prompts(kind: str, count: int, *, seed: int) -> list[tuple[str, list[di
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt set {kind!r}; the evaluation has {', '.join(map(repr, PROMPT_KINDS))} "
                          "(every attribute named, some left out, two objects).")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an int >= 1 (prompts to draw), got {count!r}.")
+    check_int("count", count, expected="an int >= 1 (prompts to draw)")
     rng = np.random.default_rng([seed, {"full": 0, "partial": 1, "two": 2}[kind]])
     prompts = []
     while len(prompts) < count:

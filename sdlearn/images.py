@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdlearn._checks import check_int, is_int
+
 # Decoders overshoot [-1, 1] a little; beyond this margin the input is not an image in [-1, 1].
 OVERSHOOT_LIMIT = 1.5
 _MODE_NAMES = {
@@ -215,8 +217,7 @@ def fit_to_multiple_of_8(img: Image.Image, *, multiple: int = 8) -> Image.Image:
     """
     if not isinstance(img, Image.Image):
         raise TypeError(f"img must be a PIL image, got {type(img).__name__}.")
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple must be a positive int, got {multiple!r}.")
+    check_int("multiple", multiple, expected="a positive int")
     width, height = img.size
     new_w, new_h = width // multiple * multiple, height // multiple * multiple
     if new_w == 0 or new_h == 0:
@@ -233,7 +234,7 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     """The largest centred square of ``img``, resized to ``size`` x ``size`` (a multiple of 8)."""
     if not isinstance(img, Image.Image):
         raise TypeError(f"img must be a PIL image, got {type(img).__name__}.")
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 8:
+    if not is_int(size, 1) or size % 8:
         raise ValueError(f"size must be a positive multiple of 8, got {size!r}. Use e.g. 512 (SD 1.x) or 64.")
     width, height = img.size
     side = min(width, height)

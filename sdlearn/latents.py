@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlearn import sampling
+from sdlearn._checks import check_int, positive_int
 
 Weights = float | Sequence[float] | torch.Tensor
 
@@ -151,10 +152,8 @@ def slerp(
         a, b = a.reshape(1, -1), b.reshape(1, -1)                         # one vector each
         axis = -1
     else:
-        if isinstance(dim, bool) or not isinstance(dim, int) or not -v0.ndim <= dim < v0.ndim:
-            raise ValueError(
-                f"dim must be None or an axis of the {v0.ndim}-D inputs (-{v0.ndim} ... {v0.ndim - 1}), got {dim!r}."
-            )
+        check_int("dim", dim, low=-v0.ndim, high=v0.ndim - 1,
+                  expected=f"None or an axis of the {v0.ndim}-D inputs (-{v0.ndim} ... {v0.ndim - 1})")
         axis = dim
     norm_a, norm_b = a.norm(dim=axis, keepdim=True), b.norm(dim=axis, keepdim=True)
     if bool((norm_a == 0).any()) or bool((norm_b == 0).any()):
@@ -292,8 +291,7 @@ def sample_trajectory(
     batch = latents.shape[0]
     _check_embeds("prompt_embeds", prompt_embeds, unet, batch)
     _check_embeds("negative_prompt_embeds", negative_prompt_embeds, unet, batch)
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r} (SD's default is 50).")
+    positive_int("num_inference_steps", num_inference_steps, hint="SD's default is 50.")
     if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real)
             or not math.isfinite(guidance_scale)):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r} (SD's default is 7.5).")
@@ -364,10 +362,9 @@ def animation_png(frames: torch.Tensor, *, duration_ms: int = 200, size: int | N
     forever. A few dozen 64-pixel frames take tens of kilobytes.
     """
     arrays = _to_uint8(frames)
-    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or duration_ms < 1:
-        raise ValueError(f"duration_ms must be an int >= 1 (milliseconds per frame), got {duration_ms!r}.")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be None or an int >= 1 (pixels per side), got {size!r}.")
+    check_int("duration_ms", duration_ms, expected="an int >= 1 (milliseconds per frame)")
+    if size is not None:
+        check_int("size", size, expected="None or an int >= 1 (pixels per side)")
     pils = [Image.fromarray(a) for a in arrays]
     if size is not None:
         pils = [_resize(p, size) for p in pils]
@@ -424,8 +421,7 @@ class LatentExplorer:
             _check_embeds(name, embeds, unet, 1)
         for name, value, low in (("num_inference_steps", num_inference_steps, 1), ("panel_size", panel_size, 8),
                                  ("max_trajectories", max_trajectories, 1), ("max_frames", max_frames, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+            check_int(name, value, low=low)
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.noise_a, self.noise_b = noise_a, noise_b
         self.prompt_embeds_a, self.prompt_embeds_b = prompt_embeds_a, prompt_embeds_b
@@ -466,10 +462,10 @@ class LatentExplorer:
         """Decoded pictures ``[3, 3, H, W]`` in [-1, 1] (CPU): the latent ``x_t`` at ``step``, its
         predicted ``x0_hat``, and the final picture. ``step`` in ``0 ... num_inference_steps - 1``."""
         traj = self.trajectory(seed_weight, prompt_weight, guidance_scale)
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step < traj.num_steps:
-            raise ValueError(
-                f"step must be an int in [0, {traj.num_steps - 1}] (one per denoising step), got {step!r}."
-            )
+        if isinstance(step, numbers.Integral) and not isinstance(step, bool):   # int, or a NumPy integer
+            step = int(step)
+        check_int("step", step, low=0, high=traj.num_steps - 1,
+                  expected=f"an int in [0, {traj.num_steps - 1}] (one per denoising step)")
         key = (*self.key(seed_weight, prompt_weight, guidance_scale), int(step))
         if key in self._frames:
             self._frames.move_to_end(key)

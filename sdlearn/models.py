@@ -39,6 +39,7 @@ from diffusers import AutoencoderKL, SchedulerMixin, StableDiffusionPipeline, UN
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from sdlearn._checks import check_int
 from sdlearn.device import _parse_dtype, resolve
 
 BUNDLED_MODEL_DIR = Path(__file__).parent / "bundled" / "sdlearn-tiny"
@@ -284,8 +285,7 @@ def sd15_replica(
     the same class, pad to the same length (77), and give ids below 49,408, so the text
     encoder accepts them; only the words the ids stand for differ.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}.")
+    check_int("seed", seed, low=0)
     configs = load_sd15_configs()
     tokenizer = _replica_tokenizer()
     scheduler_cls = _scheduler_class(

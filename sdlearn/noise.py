@@ -29,6 +29,8 @@ import numbers
 
 import torch
 
+from sdlearn._checks import check_int
+
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # The cosine schedule clips each beta here, so the last steps do not divide by ~0 (Nichol & Dhariwal 2021, sec. 3.2).
 MAX_BETA = 0.999
@@ -59,11 +61,7 @@ def betas_for(
             f"unknown beta schedule {schedule!r}. Allowed: {', '.join(repr(s) for s in SCHEDULES)} "
             "('squaredcos_cap_v2' is the cosine schedule; Stable Diffusion uses 'scaled_linear')."
         )
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-        raise ValueError(
-            f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}. "
-            "Stable Diffusion uses 1000."
-        )
+    check_int("num_train_timesteps", num_train_timesteps, expected="a positive int", hint="Stable Diffusion uses 1000.")
     if schedule == "squaredcos_cap_v2":
         def abar(u: float) -> float:
             return math.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
@@ -176,9 +174,8 @@ def markov_chain(
         t = int(t)
     if isinstance(t, numbers.Integral) and not isinstance(t, bool):  # int, or a NumPy integer
         t = int(t)
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < betas.numel():
-        raise ValueError(f"t must be an int in [0, {betas.numel() - 1}] (a 0-based timestep, one per beta), "
-                         f"got {t!r}.")
+    check_int("t", t, low=0, high=betas.numel() - 1,
+              expected=f"an int in [0, {betas.numel() - 1}] (a 0-based timestep, one per beta)")
     noise_device = generator.device if generator is not None else torch.device("cpu")
     betas = betas.to(x0.device, torch.float32)
     x = x0.float()

@@ -26,6 +26,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from sdlearn._checks import positive_int
 from sdlearn.models import SDComponents, count_parameters, parameters_by_block
 
 TEXT_UNDERSTANDER = "text understander"
@@ -64,8 +65,7 @@ def _check_components(components: Any) -> None:
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    positive_int("batch_size", batch_size)
 
 
 def config_shapes(components: SDComponents, *, batch_size: int = 1) -> list[StageShapes]:

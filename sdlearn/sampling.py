@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 import sdlearn.unet
 import sdlearn.vae
+from sdlearn._checks import check_int
 from sdlearn.models import SDComponents
 from sdlearn.text import tokenize
 
@@ -135,12 +136,9 @@ def _check_components(components) -> None:
 
 def _check_steps(num_inference_steps, scheduler) -> None:
     limit = int(scheduler.config.num_train_timesteps)
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
-            or not 1 <= num_inference_steps <= limit:
-        raise ValueError(
-            f"num_inference_steps must be an int from 1 to {limit} (the scheduler's num_train_timesteps), "
-            f"got {num_inference_steps!r}. SD 1.x is usually sampled with 20 to 50 steps."
-        )
+    check_int("num_inference_steps", num_inference_steps, low=1, high=limit,
+              expected=f"an int from 1 to {limit} (the scheduler's num_train_timesteps)",
+              hint="SD 1.x is usually sampled with 20 to 50 steps.")
 
 
 def _check_guidance(guidance_scale, batch_size: int) -> bool:
@@ -612,9 +610,8 @@ def text_to_image(
     height = components.image_size if height is None else height
     width = components.image_size if width is None else width
     for name, size in (("height", height), ("width", width)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{name} must be a positive int, a multiple of {sdlearn.vae.vae_scale_factor(vae)} (pixels), "
-                             f"got {size!r}. Leave it out for the model's own size ({components.image_size}).")
+        check_int(name, size, expected=f"a positive int, a multiple of {sdlearn.vae.vae_scale_factor(vae)} (pixels)",
+                  hint=f"Leave it out for the model's own size ({components.image_size}).")
     _, _, latent_height, latent_width = sdlearn.vae.latent_shape(vae, height, width)   # checks the sizes
 
     # 1. Encode the prompt (and the negative or empty prompt, for guidance)

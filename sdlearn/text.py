@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from sdlearn._checks import check_int
+
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt had more tokens than the text encoder takes; the end was cut off."""
@@ -164,8 +166,7 @@ def causal_mask(length: int, *, dtype: torch.dtype = torch.float32,
     ``-inf`` where it may not (``j > i``), so that ``softmax(scores + mask)`` gives the
     future exactly zero weight. Broadcasts over the batch and the attention heads.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be an int >= 1 (the number of token positions), got {length!r}.")
+    check_int("length", length, expected="an int >= 1 (the number of token positions)")
     mask = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(diagonal=1)
     return mask[None, None]
 
@@ -213,8 +214,7 @@ def encode_by_hand(text_encoder, input_ids: torch.Tensor | None = None, *,
                          "position embeddings; tokenize with truncation (sdlearn.text.tokenize).")
     n_layers = len(model.encoder.layers)
     layers = n_layers if layers is None else layers
-    if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= n_layers:
-        raise ValueError(f"layers must be an int in 0 .. {n_layers} (this encoder's layers), got {layers!r}.")
+    check_int("layers", layers, low=0, high=n_layers, expected=f"an int in 0 .. {n_layers} (this encoder's layers)")
     positions = torch.arange(length, device=inputs_embeds.device)
     hidden = inputs_embeds + model.embeddings.position_embedding(positions)   # [B, L, d]
     mask = causal_mask(length, dtype=hidden.dtype, device=hidden.device)      # [1, 1, L, L]

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import world
+from ._checks import check_int, positive_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -141,8 +142,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
     run), and only the main process writes checkpoints and the loss log. If ``loss_fn`` (or anything
     in the loop) raises, the model is put back in the train/eval mode it came in.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1 (optimizer steps to take), got {steps!r}. Pass e.g. steps=200.")
+    check_int("steps", steps, expected="an int >= 1 (optimizer steps to take)", hint="Pass e.g. steps=200.")
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}. Pass e.g. lr=1e-3.")
@@ -520,8 +520,7 @@ def captions_for(scenes: Sequence[world.Scene]) -> list[str]:
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Trailing mean: element i is the mean of ``values[max(0, i - window + 1) : i + 1]``. Shape [len(values)]."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (steps to average over), got {window!r}.")
+    check_int("window", window, expected="an int >= 1 (steps to average over)")
     v = np.asarray(values, dtype=np.float64).ravel()
     cumulative = np.concatenate([[0.0], np.cumsum(v)])
     end = np.arange(1, len(v) + 1)
@@ -578,8 +577,7 @@ class LiveLoss:
     def __init__(self, show: Callable | None = None, *, steps: int, every: int = 10, window: int = 25,
                  title: str | None = None):
         for name, value in (("steps", steps), ("every", every), ("window", window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+            positive_int(name, value)
         self.show, self.steps, self.every, self.window, self.title = show, steps, every, window, title
         self.losses: list[float] = []
 

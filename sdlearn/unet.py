@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sdlearn._checks import check_int, is_int, positive_int
+
 Shape = tuple[int, ...]
 
 
@@ -206,7 +208,7 @@ def timestep_embedding(
         raise ValueError(
             f"timesteps has shape {tuple(timesteps.shape)}; expected a 1-D tensor [B]. Fix: timesteps.reshape(-1)."
         )
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+    if not is_int(dim, 2) or dim % 2:
         raise ValueError(f"dim must be an even int >= 2 (half cosines, half sines), got {dim!r}.")
     half = dim // 2
     if half - freq_shift <= 0:
@@ -231,8 +233,7 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int, *, dtype: torch.dtype = 
     """
     if not isinstance(w, torch.Tensor) or w.ndim != 1:
         raise ValueError("w must be a 1-D tensor [B] of guidance_scale - 1, e.g. torch.tensor([7.5 - 1]).")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4:
-        raise ValueError(f"dim must be an int >= 4 (unet.config.time_cond_proj_dim), got {dim!r}.")
+    check_int("dim", dim, low=4, expected="an int >= 4 (unet.config.time_cond_proj_dim)")
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
     angles = (w * 1000.0).to(dtype)[:, None] * freqs[None, :]                        # [B, half]
@@ -419,8 +420,7 @@ def mse_by_timestep(
     _check_inputs(unet, latents, encoder_hidden_states)
     if noise.shape != latents.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must have the shape of latents {tuple(latents.shape)}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    positive_int("batch_size", batch_size)
     device, dtype = latents.device, latents.dtype
     noise = noise.to(device, dtype)
     errors = []

@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from sdlearn._checks import check_int
 from sdlearn.images import to_pil
 
 DEFAULT_MAX_COLS = 6
@@ -52,8 +53,8 @@ def _as_pil_list(images) -> list[Image.Image]:
 
 def _grid_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     for name, value in (("rows", rows), ("cols", cols)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        if value is not None:
+            check_int(name, value, expected="a positive int or None")
     if rows is None and cols is None:
         cols = min(n, DEFAULT_MAX_COLS)
     if cols is None:

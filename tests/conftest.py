@@ -158,3 +158,4 @@ def load_script():
         return module
 
     return load
+

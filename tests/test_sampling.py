@@ -116,12 +116,14 @@ def test_per_image_guidance_scales_equal_one_run_per_scale(tiny_components):
     common = dict(num_inference_steps=2, height=SIZE, width=SIZE, decode=False)
     sweep = sampling.text_to_image(tiny_components, [PROMPT] * 3, guidance_scale=scales,
                                    latents=noise.expand(3, -1, -1, -1), **common)
+    # a batch of 3 and a batch of 1 go through different float32 kernels (and thread splits), so they agree
+    # to rounding, not bit for bit: about 2e-5 here, on latents of size 1
     for i, s in enumerate(scales[1:], start=1):               # scales > 1: the pipeline's own rule applies
         single = sampling.text_to_image(tiny_components, PROMPT, guidance_scale=s, latents=noise, **common)
-        torch.testing.assert_close(sweep.latents[i:i + 1], single.latents, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sweep.latents[i:i + 1], single.latents, rtol=1e-4, atol=1e-4)
     # s = 0 in a list is the formula's unconditional prediction, not the pipeline's "no guidance"
     uncond = sampling.text_to_image(tiny_components, "", guidance_scale=1.0, latents=noise, **common)
-    torch.testing.assert_close(sweep.latents[:1], uncond.latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sweep.latents[:1], uncond.latents, rtol=1e-4, atol=1e-4)
 
 
 def test_guide_applies_one_scale_per_image():
