@@ -32,6 +32,7 @@ import torch
 
 from . import train, world
 from ._checks import check_int
+from .images import psnr
 from .text import clip_image_features, clip_text_features
 
 HELD_OUT_SEED = 1000
@@ -53,12 +54,6 @@ SD_SAMPLERS = (
 SAMPLER_SETTINGS = {"PNDMScheduler": {"skip_prk_steps": True}}
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak range 2)."""
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse)
-
-
 @torch.no_grad()
 def vae_psnr(vae, *, count: int = 256, seed: int = HELD_OUT_SEED) -> float:
     """Mean reconstruction PSNR (dB) of held-out images through ``vae`` (posterior mode)."""
@@ -67,7 +62,7 @@ def vae_psnr(vae, *, count: int = 256, seed: int = HELD_OUT_SEED) -> float:
     dtype = next(vae.parameters()).dtype
     recon = torch.cat([vae.decode(vae.encode(x[i:i + 64].to(dtype)).latent_dist.mode()).sample.float()
                        for i in range(0, count, 64)])
-    return float(_psnr(recon.clamp(-1, 1), x).mean())
+    return float(psnr(recon.clamp(-1, 1), x, per_image=True).mean())
 
 
 def zero_shot_prompts(obj: world.Obj, attribute: str) -> tuple[list[str], list[str]]:

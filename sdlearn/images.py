@@ -245,11 +245,15 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 2.0) -> float:
+def psnr(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 2.0,
+         per_image: bool = False) -> float | torch.Tensor:
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range**2 / MSE(a, b))``.
 
     ``a``, ``b``: same-shape tensors, images in [-1, 1] (so ``data_range`` = 2). The MSE is
-    averaged over every element of the batch. Identical inputs give ``inf``.
+    averaged over every element of the batch. Identical inputs give ``inf``. With
+    ``per_image=True`` each image ``a[i]`` of ``[B, ...]`` inputs gets its own PSNR: a float64
+    tensor ``[B]`` (average it for a mean PSNR, as :func:`sdlearn.evaluate.vae_psnr` does).
+    The same as ``skimage.metrics.peak_signal_noise_ratio(b, a, data_range=data_range)``.
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor):
@@ -269,6 +273,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 2.0) -> float:
                     "images in [-1, 1]. For another value range pass data_range, e.g. "
                     "data_range=255.0 for 0..255 pixels."
                 )
+    if per_image:
+        if a64.ndim < 2:
+            raise ValueError(f"per_image=True needs a batch [B, ...] of images, got shape {tuple(a.shape)}.")
+        mse_per_image = ((a64 - b64) ** 2).flatten(1).mean(1)                         # [B]
+        if bool(mse_per_image.isnan().any()):
+            raise ValueError("a or b contains NaN; PSNR needs finite values.")
+        return 10.0 * torch.log10(data_range**2 / mse_per_image)                      # [B], inf where equal
     mse = float(((a64 - b64) ** 2).mean())
     if math.isnan(mse):
         raise ValueError("a or b contains NaN; PSNR needs finite values.")

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sdlearn._checks import positive_int
 from sdlearn.models import SDComponents, count_parameters, parameters_by_block
+from sdlearn.text import tokenize
 
 TEXT_UNDERSTANDER = "text understander"
 IMAGE_INFORMATION_CREATOR = "image information creator"
@@ -139,11 +140,8 @@ def trace_shapes(
         generator = torch.Generator().manual_seed(0)
 
     # 1. Encode the prompt
-    input_ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    ).input_ids  # [B, 77]
-    text_embeddings = text_encoder(input_ids.to(device)).last_hidden_state  # [B, 77, d]
+    input_ids = tokenize(tokenizer, prompts, device=device, warn=False)  # [B, 77]
+    text_embeddings = text_encoder(input_ids).last_hidden_state  # [B, 77, d]
     # 2. Prepare the timesteps and the latents
     scheduler.set_timesteps(_TRACE_STEPS)
     t = scheduler.timesteps[0]

@@ -130,13 +130,10 @@ def vae_config(r: Recipe) -> dict:
 
 
 def unet_config(r: Recipe) -> dict:
-    n = len(r.unet_channels)
-    return dict(sample_size=r.resolution // 8, in_channels=4, out_channels=4,
-                block_out_channels=list(r.unet_channels), layers_per_block=1,
-                down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
-                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
-                cross_attention_dim=r.clip_hidden, attention_head_dim=r.unet_heads, norm_num_groups=32,
-                act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
+    """The bundled UNet's ``UNet2DConditionModel`` keyword arguments: :func:`sdlearn.train.small_unet_config`
+    with the recipe's numbers (latent side ``resolution / 8``, the text encoder's width, the recipe's widths and heads)."""
+    return train.small_unet_config(sample_size=r.resolution // 8, cross_attention_dim=r.clip_hidden,
+                                   channels=r.unet_channels, heads=r.unet_heads)
 
 
 def text_encoder_from_clip(clip):

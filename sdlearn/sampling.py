@@ -47,7 +47,7 @@ import sdlearn.unet
 import sdlearn.vae
 from sdlearn._checks import check_int
 from sdlearn.models import SDComponents
-from sdlearn.text import tokenize
+from sdlearn.text import encode
 
 GuidanceScale = float | Sequence[float]
 
@@ -247,18 +247,15 @@ def encode_prompt(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompts -> ``(prompt_embeds, negative_prompt_embeds)``, each ``[B, L, d]``, as the pipeline makes them.
 
-    Each prompt is tokenized to ``L = tokenizer.model_max_length`` ids (``sdlearn.text.tokenize``)
-    and encoded by the text encoder (its ``last_hidden_state``). With guidance, the negative
+    Each prompt is tokenized to ``L = tokenizer.model_max_length`` ids and encoded by the text
+    encoder (its ``last_hidden_state``): :func:`sdlearn.text.encode`. With guidance, the negative
     prompts (the empty prompt ``""`` by default; a single str applies to every prompt) are
     encoded the same way, in a second call, as diffusers does; without it the second result
     is None. The embeddings come back in the text encoder's dtype, on ``device`` (default:
     the text encoder's).
     """
     prompts = _prompt_list(prompt)
-    encoder_device = text_encoder.device
-    device = encoder_device if device is None else torch.device(device)
-    input_ids = tokenize(tokenizer, prompts, device=encoder_device)                          # [B, L]
-    prompt_embeds = text_encoder(input_ids)[0].to(device=device, dtype=text_encoder.dtype)   # [B, L, d]
+    prompt_embeds = encode(tokenizer, text_encoder, prompts, device=device)                  # [B, L, d]
     if not do_classifier_free_guidance:
         return prompt_embeds, None
     if negative_prompt is None:
@@ -272,8 +269,7 @@ def encode_prompt(
                 f"got {len(negatives)} negative prompts for {len(prompts)} prompts; pass one str for all, "
                 "or one negative prompt per prompt."
             )
-    uncond_ids = tokenize(tokenizer, negatives, device=encoder_device)                       # [B, L]
-    negative_prompt_embeds = text_encoder(uncond_ids)[0].to(device=device, dtype=text_encoder.dtype)
+    negative_prompt_embeds = encode(tokenizer, text_encoder, negatives, device=device)       # [B, L, d]
     return prompt_embeds, negative_prompt_embeds
 
 

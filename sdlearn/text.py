@@ -70,13 +70,18 @@ def truncated_text(tokenizer, prompt: str) -> str:
 
 
 def tokenize(tokenizer, prompts: str | Sequence[str], *, device: str | torch.device = "cpu",
-             warn: bool = True) -> torch.Tensor:
+             warn: bool = True, padding: str = "max_length") -> torch.Tensor:
     """Prompts -> token ids ``[B, model_max_length]`` (int64), as Stable Diffusion's pipeline makes them.
 
     Each row is BOS, the prompt's tokens, EOS, then padding up to ``model_max_length``
     (77 for SD 1.x). A prompt with more than ``model_max_length - 2`` tokens is cut to fit
     (its row still ends with EOS); with ``warn=True`` a :class:`PromptTruncatedWarning`
     says which words were dropped, where diffusers only logs it.
+
+    ``padding="longest"`` pads only to the longest prompt of the batch (``[B, L]``, ``L <=
+    model_max_length``). CLIP's text encoder is causal and pools at the first EOS, so its
+    pooled output is the same either way, for a fraction of the compute (contrastive training
+    uses it); the U-Net's conditioning, the full ``last_hidden_state``, needs ``"max_length"``.
     """
     prompts = _as_prompt_list(prompts)
     if warn:
@@ -89,8 +94,34 @@ def tokenize(tokenizer, prompts: str | Sequence[str], *, device: str | torch.dev
                     PromptTruncatedWarning,
                     stacklevel=2,
                 )
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+    return tokenizer(prompts, padding=padding, max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
+
+
+@torch.no_grad()
+def encode(tokenizer, text_encoder, prompts: str | Sequence[str], *, batch_size: int | None = None,
+           device: str | torch.device | None = None, warn: bool = True) -> torch.Tensor:
+    """Prompts -> the text embeddings the U-Net is conditioned on: ``last_hidden_state`` ``[B, L, d]``.
+
+    Step 1 of Stable Diffusion's pipeline (its ``encode_prompt``): :func:`tokenize` to ``L =
+    model_max_length`` ids, then one text-encoder call (``batch_size`` prompts per call; None:
+    all at once). The embeddings come back in the text encoder's dtype, on ``device`` (default:
+    the text encoder's), without gradients: they condition the U-Net, they are not trained here.
+    """
+    prompts = _as_prompt_list(prompts)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, expected="an int >= 1 or None (prompts per text-encoder call)")
+    encoder_device = text_encoder.device
+    device = encoder_device if device is None else torch.device(device)
+    embeds = []
+    for start in range(0, len(prompts), batch_size or max(len(prompts), 1)):
+        input_ids = tokenize(tokenizer, prompts[start:start + (batch_size or len(prompts))],
+                             device=encoder_device, warn=warn)                                # [b, L]
+        hidden = text_encoder(input_ids).last_hidden_state                                     # [b, L, d]
+        embeds.append(hidden.to(device=device, dtype=text_encoder.dtype))
+    if not embeds:
+        raise ValueError("prompts is empty: pass at least one prompt, e.g. [''] for the empty prompt.")
+    return embeds[0] if len(embeds) == 1 else torch.cat(embeds)                              # [B, L, d]
 
 
 def token_table(tokenizer, input_ids: torch.Tensor | Sequence[int], *, max_rows: int = 12) -> str:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import world
+from . import text, world
 from ._checks import check_int, positive_int
 
 if TYPE_CHECKING:
@@ -273,14 +273,14 @@ def draw_captions(scenes: list[world.Scene], rng: np.random.Generator, *, empty_
 
 def tokenize(tokenizer, captions: list[str], device: torch.device | str = "cpu", *,
              padding: str = "max_length") -> torch.Tensor:
-    """Captions -> input ids [B, max_length], padded and truncated as SD does.
+    """Captions -> input ids [B, max_length], padded and truncated as SD does: :func:`sdlearn.text.tokenize`.
 
     ``padding="longest"`` pads only to the longest caption of the batch. CLIP's text
     encoder is causal and pools at the first EOS, so its pooled output is the same
     either way, for a fraction of the compute (used for contrastive training).
+    The world's captions always fit, so no truncation warning is checked for.
     """
-    return tokenizer(captions, padding=padding, max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+    return text.tokenize(tokenizer, captions, device=device, warn=False, padding=padding)
 
 
 # --------------------------------------------------------------------------------------
@@ -380,50 +380,21 @@ def encode_pool(vae, data: WorldData, *, batch_size: int = 256, device: torch.de
 
 
 def all_captions() -> list[str]:
-    """Every caption :func:`sdlearn.world.caption` can produce, plus the empty one."""
-    captions: set[str] = {""}
-    colours, shapes, sizes = list(world.COLOURS), world.SHAPES, list(world.SIZES)
-    for c in colours:
-        for s in shapes:
-            for z in sizes:
-                for p in world.POSITIONS:
-                    obj = world.Obj(c, s, z, p, (0.5, 0.5), 0.1)
-                    for mask in range(8):
-                        named = {"shape": s}
-                        if mask & 1:
-                            named["colour"] = c
-                        if mask & 2:
-                            named["size"] = z
-                        if mask & 4:
-                            named["position"] = p
-                        captions.add(world._object_phrase(obj, named))
-    for pair in world.PAIRS:
-        for order in (pair, pair[::-1]):
-            for c1 in colours:
-                for c2 in colours:
-                    if c1 == c2:
-                        continue
-                    for s1 in shapes:
-                        for s2 in shapes:
-                            for z1 in [None] + sizes:
-                                for z2 in ([None] if z1 is None else sizes):
-                                    o1 = world.Obj(c1, s1, z1 or "small", order[0], (0, 0), 0)
-                                    o2 = world.Obj(c2, s2, z2 or "small", order[1], (0, 0), 0)
-                                    n1 = {"colour": c1, "shape": s1, "position": order[0], **({"size": z1} if z1 else {})}
-                                    n2 = {"colour": c2, "shape": s2, "position": order[1], **({"size": z2} if z2 else {})}
-                                    captions.add(world._object_phrase(o1, n1) + " and " + world._object_phrase(o2, n2))
-    return sorted(captions)
+    """Every caption :func:`sdlearn.world.caption` can produce (:func:`sdlearn.world.all_captions`), plus the
+    empty one that :func:`draw_captions` adds for classifier-free guidance, sorted."""
+    return sorted({"", *world.all_captions()})
 
 
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, batch_size: int = 256,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Text embeddings the UNet is conditioned on: last_hidden_state, [len(prompts), L, D]."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ids = tokenize(tokenizer, prompts[start:start + batch_size], device)
-        out.append(text_encoder(ids).last_hidden_state.cpu())
-    return torch.cat(out)
+    """Text embeddings the UNet is conditioned on: last_hidden_state, [len(prompts), L, D], on the CPU.
+
+    :func:`sdlearn.text.encode`, ``batch_size`` prompts a call: a prompt table for :class:`LatentData`,
+    indexed on the CPU. ``device`` names where the text encoder runs; the ids go to the encoder's own
+    device (``text_encoder.device``), which is the same wherever the two agree.
+    """
+    return text.encode(tokenizer, text_encoder, prompts, batch_size=batch_size, device="cpu", warn=False)
 
 
 def unet_loss_fn(data: LatentData, noise_scheduler, *, batch_size: int, empty_prob: float = 0.1) -> Callable:
@@ -463,7 +434,7 @@ def small_unet_config(*, sample_size: int, cross_attention_dim: int, channels: S
     (``text_encoder.config.hidden_size``); ``heads``: attention heads per layer.
 
     With the recipe's numbers (``sample_size=8, cross_attention_dim=128, channels=(64, 128, 128),
-    heads=4``) this is exactly :func:`sdlearn.recipe.unet_config`, the bundled UNet.
+    heads=4``) it is the bundled UNet: :func:`sdlearn.recipe.unet_config` calls it with them.
     """
     channels = [int(c) for c in channels]
     if len(channels) < 2:
@@ -495,27 +466,7 @@ def captions_for(scenes: Sequence[world.Scene]) -> list[str]:
     :func:`unet_loss_fn` can draw from a pool of these scenes. For a small pool it is much
     shorter than :func:`all_captions` (which covers every scene of the world), so quicker to encode.
     """
-    captions: set[str] = {""}
-    for scene in scenes:
-        objs = list(scene.objects)
-        if len(objs) == 1:
-            obj = objs[0]
-            for mask in range(8):  # which of colour, size, position the caption names (the shape always)
-                named = {"shape": obj.shape}
-                if mask & 1:
-                    named["colour"] = obj.colour
-                if mask & 2:
-                    named["size"] = obj.size
-                if mask & 4:
-                    named["position"] = obj.position
-                captions.add(world._object_phrase(obj, named))
-        else:
-            for order in (objs, objs[::-1]):
-                for with_size in (True, False):
-                    phrases = [world._object_phrase(o, {a: getattr(o, a) for a in world.ATTRIBUTES
-                                                        if a != "size" or with_size}) for o in order]
-                    captions.add(" and ".join(phrases))
-    return sorted(captions)
+    return sorted({"", *(c for scene in scenes for c in world.possible_captions(scene))})
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:

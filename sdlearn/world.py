@@ -190,6 +190,61 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, *, full: bool 
     return text, named_list
 
 
+def possible_captions(scene: Scene) -> list[str]:
+    """Every caption :func:`caption` can give ``scene``, sorted.
+
+    One object: the shape with any subset of size, colour and position (8 captions). Two objects:
+    either order, with both sizes or neither (4 captions).
+    """
+    objs = list(scene.objects)
+    captions: set[str] = set()
+    if len(objs) == 1:
+        obj = objs[0]
+        for mask in range(8):  # which of colour, size, position the caption names (the shape always)
+            named = {"shape": obj.shape}
+            if mask & 1:
+                named["colour"] = obj.colour
+            if mask & 2:
+                named["size"] = obj.size
+            if mask & 4:
+                named["position"] = obj.position
+            captions.add(_object_phrase(obj, named))
+    else:
+        for order in (objs, objs[::-1]):
+            for with_size in (True, False):
+                captions.add(" and ".join(_object_phrase(o, {a: getattr(o, a) for a in ATTRIBUTES
+                                                             if a != "size" or with_size}) for o in order))
+    return sorted(captions)
+
+
+def all_captions() -> list[str]:
+    """Every caption :func:`caption` can give any scene of the world, sorted.
+
+    The scenes :func:`sample_scene` can draw: one object of any colour, shape, size and position, or
+    two objects of different colours at one of the :data:`PAIRS` of positions.
+    """
+    captions: set[str] = set()
+    background = (255, 255, 255)
+    for c in COLOURS:
+        for s in SHAPES:
+            for z in SIZES:
+                for p in POSITIONS:
+                    scene = Scene(background, (Obj(c, s, z, p, (0.5, 0.5), 0.1),))
+                    captions.update(possible_captions(scene))
+    for p1, p2 in PAIRS:
+        for c1 in COLOURS:
+            for c2 in COLOURS:
+                if c1 == c2:
+                    continue
+                for s1 in SHAPES:
+                    for s2 in SHAPES:
+                        for z1 in SIZES:
+                            for z2 in SIZES:
+                                objects = (Obj(c1, s1, z1, p1, (0.5, 0.5), 0.1), Obj(c2, s2, z2, p2, (0.5, 0.5), 0.1))
+                                captions.update(possible_captions(Scene(background, objects)))
+    return sorted(captions)
+
+
 def sample(seed: int, index: int, *, resolution: int = 64, two_object_prob: float = 0.35,
            full_caption: bool = False) -> Sample:
     """Item ``index`` of the world with seed ``seed``: deterministic for (seed, index)."""

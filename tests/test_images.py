@@ -147,6 +147,22 @@ def test_psnr_matches_hand_computed_value():
     assert images.psnr(a * 255, b * 255, data_range=255.0) == pytest.approx(20.0)
 
 
+def test_psnr_equals_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1                            # [B, 3, H, W] in [-1, 1]
+    b = (a + 0.1 * torch.randn(a.shape, generator=generator)).clamp(-1, 1)
+    expected = peak_signal_noise_ratio(a.double().numpy(), b.double().numpy(), data_range=2.0)
+    assert images.psnr(a, b) == pytest.approx(expected, rel=1e-12)
+    per_image = images.psnr(a, b, per_image=True)                                        # [B]
+    assert per_image.shape == (2,)
+    for i in range(2):
+        assert float(per_image[i]) == pytest.approx(
+            peak_signal_noise_ratio(a[i].double().numpy(), b[i].double().numpy(), data_range=2.0), rel=1e-12)
+        assert float(per_image[i]) == pytest.approx(images.psnr(a[i:i + 1], b[i:i + 1]), rel=1e-12)
+
+
 def test_psnr_errors():
     with pytest.raises(ValueError, match=r"a has shape \(1, 3, 8, 8\) but b has shape \(1, 3, 8, 16\)"):
         images.psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 16))

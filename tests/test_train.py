@@ -228,6 +228,9 @@ def test_small_unet_config_with_the_recipes_numbers_is_the_bundled_unet():
     config = train.small_unet_config(sample_size=r.resolution // 8, cross_attention_dim=r.clip_hidden,
                                      channels=r.unet_channels, heads=r.unet_heads)
     assert config == recipe.unet_config(r)
+    from sdlearn.models import BUNDLED_MODEL_DIR
+    bundled = json.loads((BUNDLED_MODEL_DIR / "unet" / "config.json").read_text())
+    assert {k: bundled[k] for k in config} == config      # the design the bundled UNet was trained with
 
 
 def test_small_unet_config_builds_a_unet_that_reads_the_text():

@@ -95,3 +95,16 @@ def test_match_pairs_each_named_object_with_its_detection():
     blank = np.full((64, 64, 3), 230, dtype=np.uint8)  # nothing to detect
     assert world.match(world.analyse(blank), s.named) == [None, None]
     assert world.judge(blank, s.named) == [{a: False for a in n} for n in s.named]
+
+
+def test_possible_captions_cover_every_draw_and_all_captions_every_scene():
+    every = set(world.all_captions())
+    for index in range(200):
+        sample = world.sample(0, index)
+        possible = world.possible_captions(sample.scene)
+        assert len(possible) == (8 if len(sample.scene.objects) == 1 else 4)
+        assert set(possible) <= every
+        rng = np.random.default_rng(index)
+        for _ in range(5):
+            assert world.caption(sample.scene, rng)[0] in possible
+    assert "" not in every and len(every) == len(set(every))
