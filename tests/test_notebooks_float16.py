@@ -12,6 +12,15 @@ the notebooks skip on a CPU: the one cell that branches on ``device.type == "cud
 06's SD 1.5 replica at 512x512); its code is run below with stand-ins (tiny parts for the
 replica, no-ops for CUDA's timers). What this cannot rehearse: a GPU's kernels and rounding,
 and the real sizes. Only a GPU runs those.
+
+A CPU has no fast float16 kernels for the two operations that are nearly all of the work:
+PyTorch's float16 convolution on a CPU without AVX-512 FP16 falls back to a slow reference
+kernel (measured: the bundled U-Net on a batch of 96, 0.55 s in float32, 6.0 s in float16,
+70% of it in ``_slow_conv2d_forward``). So in the rehearsal ``F.conv2d`` and ``F.linear`` on
+float16 tensors compute in float32 and round the result to float16, as a GPU's tensor cores
+accumulate float16 products in float32. Their inputs, weights and results stay float16, and an
+input whose dtype differs from its weights' still raises PyTorch's own error: the dtype mistakes
+the rehearsal exists to catch are still caught (a test below checks it).
 """
 
 import copy
@@ -29,6 +38,23 @@ from sdlearn import models, sampling
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
+FLOAT16_PRODUCTS_IN_FLOAT32 = """\
+# Added by tests/test_notebooks_float16.py: float16 convolutions and matrix products accumulate in float32,
+# as on a GPU (a CPU's float16 convolution is a slow reference kernel); tensors in and out stay float16
+import torch.nn.functional
+
+def _accumulating_in_float32(op):
+    def run(input, weight, bias=None, *args, **kwargs):
+        if (input.dtype == weight.dtype == torch.float16 and input.device.type == "cpu"
+                and (bias is None or bias.dtype == torch.float16)):
+            return op(input.float(), weight.float(), None if bias is None else bias.float(), *args, **kwargs).half()
+        return op(input, weight, bias, *args, **kwargs)   # anything else, mismatched dtypes included, as PyTorch has it
+    return run
+
+torch.nn.functional.conv2d = _accumulating_in_float32(torch.nn.functional.conv2d)
+torch.nn.functional.linear = _accumulating_in_float32(torch.nn.functional.linear)
+"""
+
 FLOAT16_ON_THE_CPU = """\
 # Added by tests/test_notebooks_float16.py: resolve() answers as on a GPU, in float16, but on the CPU
 import torch, sdlearn.device, sdlearn.models
@@ -37,7 +63,7 @@ def _float16_on_the_cpu(device=None, dtype=None):
     return torch.device("cpu"), torch.float16
 
 sdlearn.device.resolve = sdlearn.models.resolve = _float16_on_the_cpu
-"""
+""" + FLOAT16_PRODUCTS_IN_FLOAT32
 
 IT_RAN_IN_FLOAT16 = """\
 # Added by tests/test_notebooks_float16.py: the notebook did take the float16 path
@@ -71,6 +97,37 @@ def test_notebook_runs_in_float16_as_a_learner_first_opens_it(path):
         assert "no answer yet" in printed, f"{path.name}: without an answer the check said {printed!r}"
 
 
+def float16_products_in_float32(monkeypatch):
+    """The rehearsal's float16 convolutions and matrix products, in this process (undone after the test)."""
+    monkeypatch.setattr(torch.nn.functional, "conv2d", torch.nn.functional.conv2d)   # restored afterwards
+    monkeypatch.setattr(torch.nn.functional, "linear", torch.nn.functional.linear)
+    exec(FLOAT16_PRODUCTS_IN_FLOAT32, {"torch": torch})  # noqa: S102 - the rehearsal's own code
+
+
+def test_float16_products_in_float32_keep_float16_and_pytorchs_dtype_errors(monkeypatch):
+    float16_products_in_float32(monkeypatch)
+    F = torch.nn.functional
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 6, generator=generator)
+    conv_weight, conv_bias = torch.randn(4, 8, 3, 3, generator=generator), torch.randn(4, generator=generator)
+    y = F.conv2d(x.half(), conv_weight.half(), conv_bias.half(), padding=1)
+    assert y.dtype == torch.float16 and y.shape == (2, 4, 6, 6)
+    exact = F.conv2d(x.half().double(), conv_weight.half().double(), conv_bias.half().double(), padding=1)
+    torch.testing.assert_close(y.double(), exact, rtol=1e-3, atol=1e-3)        # float16's rounding of the exact sum
+    linear_weight = torch.randn(5, 8, generator=generator)
+    z = F.linear(x.half().movedim(1, -1), linear_weight.half())
+    assert z.dtype == torch.float16
+    torch.testing.assert_close(z.double(), F.linear(x.half().double().movedim(1, -1), linear_weight.half().double()),
+                               rtol=1e-3, atol=1e-3)
+    # The mistakes the rehearsal is there to find still fail as they do in PyTorch (and on a GPU)
+    with pytest.raises(RuntimeError, match="dtype|type"):
+        F.conv2d(x.half(), conv_weight, conv_bias, padding=1)
+    with pytest.raises(RuntimeError, match="dtype|type"):
+        F.linear(x.half().movedim(1, -1), linear_weight)
+    with pytest.raises(RuntimeError, match="dtype|type"):
+        torch.nn.Linear(8, 5).half()(x.movedim(1, -1))
+
+
 def test_notebook_06s_cuda_only_cell_runs_with_stand_ins(tiny_components, monkeypatch, capsys):
     """Notebook 06, section 9: the one cell that runs only on CUDA (the loop on the SD 1.5 replica at 512x512
     in float16, against the pipeline, timed). Its code runs here as written, on the CPU in float16, with
@@ -84,6 +141,7 @@ def test_notebook_06s_cuda_only_cell_runs_with_stand_ins(tiny_components, monkey
     half = {name: copy.deepcopy(getattr(tiny_components, name)).to(torch.float16)
             for name in ("unet", "vae", "text_encoder")}
     replica = dataclasses.replace(tiny_components, dtype=torch.float16, pipeline=None, **half)
+    float16_products_in_float32(monkeypatch)                          # as in the notebooks' rehearsal above
     monkeypatch.setattr(models, "sd15_replica", lambda device, dtype: replica)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "a stand-in GPU")
