@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -110,20 +109,13 @@ def _first_line(text: str, prefix: str) -> str:
 
 
 def machine_lines() -> list[str]:
-    import diffusers
-    import torch
-    import transformers
+    """The machine, the versions and the GPU: ``sdlearn.device.machine_lines`` (the notebooks run in their own
+    kernels, so this process's torch threads are left out)."""
+    if str(ROOT) not in sys.path:        # run from a checkout without installing sdlearn
+        sys.path.insert(0, str(ROOT))
+    from sdlearn.device import machine_lines as lines
 
-    lines = [f"machine : {platform.platform()}, {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} logical CPUs",
-             f"versions: python {platform.python_version()}, torch {torch.__version__}, diffusers "
-             f"{diffusers.__version__}, transformers {transformers.__version__}"]
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        lines.append(f"GPU     : {props.name}, {props.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda}")
-    else:
-        lines.append("GPU     : none (CUDA not available)")
-    return lines
+    return lines(torch_threads=False)
 
 
 def run_benchmark(args: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -33,7 +33,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,7 +51,7 @@ import transformers  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from sdlearn import models, sampling  # noqa: E402
-from sdlearn.device import resolve  # noqa: E402
+from sdlearn.device import machine_lines, resolve  # noqa: E402
 
 PROMPT = "a big red circle on the left"
 RATIO_GOAL = 1.03          # hand / pipeline, seconds per image
@@ -212,24 +211,6 @@ def unet_calls_per_image(comp: models.SDComponents, steps: int) -> int:
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-
-
-def machine_lines(device: torch.device) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    lines = [f"machine : {platform.platform()}, {cpu}, {os.cpu_count()} logical CPUs, "
-             f"torch threads {torch.get_num_threads()}",
-             f"versions: python {platform.python_version()}, torch {torch.__version__}, diffusers "
-             f"{diffusers.__version__}, transformers {transformers.__version__}"]
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        lines.append(f"GPU     : {props.name}, {props.total_memory / GiB:.1f} GiB, CUDA {torch.version.cuda}, "
-                     f"cuDNN {torch.backends.cudnn.version()}")
-    return lines
 
 
 def fmt_bytes(n: int) -> str:
@@ -457,7 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Timing]:
     memory = PeakMemory(device)
     calls = unet_calls_per_image(comp, s.steps)
 
-    print("\n".join(machine_lines(device)))
+    print("\n".join(machine_lines()))
     print(f"model   : {args.model} ({type(comp.scheduler).__name__}), {s.height}x{s.width}, {s.steps} steps "
           f"({calls} U-Net calls on a batch of {2 * s.batch if s.guidance > 1 else s.batch}), guidance {s.guidance:g}, "
           f"batch {s.batch}, {device.type} {str(dtype).removeprefix('torch.')}")

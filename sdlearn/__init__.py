@@ -5,7 +5,7 @@ against this package or against diffusers and transformers. Modules are named af
 what a learner meets:
 
 - ``models``: load the bundled teaching model, real SD 1.x weights, or an SD 1.5 replica
-- ``device``: device, dtype, seeded generators, an environment report
+- ``device``: device, dtype, seeded generators and the noise they draw (diffusers' ``randn_tensor``), the machine report
 - ``images``: images <-> tensors in [-1, 1], with checks that explain bad input
 - ``viz``: image grids, latent channels, curves
 - ``pipeline``: the pipeline's three parts, their shapes, parameters and FLOPs (notebook 01)

@@ -1,10 +1,14 @@
-"""Argument checks shared by the package: one place that says what a whole-number argument must be.
+"""Argument checks shared by the package: one place that says what a whole-number or a real-number argument must be.
 
 ``True`` is an ``int`` to Python (``isinstance(True, int)``), so every count, size and step the
-package takes is checked here, where a bool is refused as well as a float or a string.
+package takes is checked here, where a bool is refused as well as a float or a string; every scale,
+rate and fraction is checked with :func:`is_number`, which refuses a bool as well.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 
 def is_int(value, low: int | None = None, high: int | None = None) -> bool:
@@ -12,6 +16,16 @@ def is_int(value, low: int | None = None, high: int | None = None) -> bool:
     if isinstance(value, bool) or not isinstance(value, int):
         return False
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+def is_number(value, *, finite: bool = False) -> bool:
+    """True when ``value`` is a real number (an int, a float, a NumPy scalar), not a bool; finite if ``finite``.
+
+    Each caller then checks its own range and says in its own words what was expected.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return not finite or math.isfinite(value)
 
 
 def check_int(name: str, value, *, low: int | None = 1, high: int | None = None, expected: str | None = None,

@@ -49,7 +49,8 @@ from diffusers.models import attention_processor as _ap
 from matplotlib.figure import Figure
 
 from sdlearn import world
-from sdlearn._checks import check_int, is_int, positive_int
+from sdlearn._checks import check_int, is_int, is_number, positive_int
+from sdlearn.models import SD_GUIDANCE_SCALE
 
 KEEP_MODES = ("conditional", "all")
 
@@ -299,7 +300,7 @@ class AttentionStore:
             layers = [layers]
         chosen = []
         for item in layers:
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
+            if not (isinstance(item, str) or is_int(item)):
                 raise TypeError(f"layers must hold layer names or indices into store.cross_layers, got {item!r}.")
             if isinstance(item, int):
                 if not -len(cross) <= item < len(cross):
@@ -383,7 +384,7 @@ class AttentionStore:
                              f"(= {self.self_max_side}) per side. Use capture_attention(unet, self_max_side=...) with "
                              "a larger value, or check that the U-Net ran inside the block.")
         if (not isinstance(point, Sequence) or len(point) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in point)):
+                or not all(is_number(v) and 0 <= v < 1 for v in point)):
             raise ValueError(f"point must be (x, y), fractions of the image width and height in [0, 1), got {point!r}. "
                              "For pixel (row, col) of an H x W image use ((col + 0.5) / W, (row + 0.5) / H).")
         size = _as_size(size, self.latent_size)
@@ -875,7 +876,7 @@ class Localisation:
 
 @torch.no_grad()
 def measure_localisation(pipe, prompts: Sequence[tuple[str, list[dict[str, str]]]], *, steps: int = 20,
-                         guidance_scale: float = 7.5, generator: torch.Generator | None = None, batch_size: int = 32,
+                         guidance_scale: float = SD_GUIDANCE_SCALE, generator: torch.Generator | None = None, batch_size: int = 32,
                          kinds: Sequence[str] = ("colour", "shape")) -> Localisation:
     """Generate one image per prompt with ``pipe`` (classifier-free guidance, so ``guidance_scale > 1``), capture
     its cross-attention maps, and score the words with :func:`score_words`: for the DAAM aggregate (mean over all
@@ -888,7 +889,7 @@ def measure_localisation(pipe, prompts: Sequence[tuple[str, list[dict[str, str]]
     if not prompts:
         raise ValueError("prompts is empty: pass (caption, named) pairs, e.g. "
                          "sdlearn.evaluate.eval_prompts('two', 48, seed=0).")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale > 1:
+    if not is_number(guidance_scale) or not guidance_scale > 1:
         raise ValueError(f"guidance_scale must be a number > 1 (classifier-free guidance), got {guidance_scale!r}: "
                          "capture keeps the conditional half of the pipeline's doubled batch.")
     positive_int("batch_size", batch_size)

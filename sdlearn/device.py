@@ -1,4 +1,4 @@
-"""Where tensors live and in which number format: device, dtype and seeded generators.
+"""Where tensors live and in which number format: device, dtype, seeded generators and the noise they draw.
 
 Every notebook starts with the same three choices: which device (a CUDA GPU, an Apple
 GPU through MPS, or the CPU), which floating-point type (float16 halves memory on a GPU;
@@ -16,8 +16,10 @@ import platform
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from sdlearn._checks import is_int
 
@@ -145,8 +147,8 @@ def resolve(
 def make_generator(seed: int, *, device: str | torch.device = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed`` (an int in [0, 2**64)).
 
-    A CPU generator (the default) works for every device: the loops draw noise on the generator's
-    device and move it, as diffusers' ``randn_tensor`` does. Raises ``RuntimeError`` saying what to
+    A CPU generator (the default) works for every device: :func:`draw_noise` draws on the generator's
+    device and moves the noise, as diffusers' ``randn_tensor`` does. Raises ``RuntimeError`` saying what to
     do when ``device`` is not on this machine (torch's own message is about how it was built).
     """
     if not is_int(seed):
@@ -156,6 +158,37 @@ def make_generator(seed: int, *, device: str | torch.device = "cpu") -> torch.Ge
     device = _parse_device(device, source="device")
     _check_available(device)
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def check_generator(generator) -> None:
+    """Raise a ``TypeError`` that says how to make one unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" For a seed, make one: torch.Generator().manual_seed({generator!r})." if is_int(generator) else ""
+        raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__} "
+                        f"{generator!r:.40}.{hint}")
+
+
+def draw_noise(shape, *, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """``eps ~ N(0, I)`` of ``shape`` on ``device``, drawn as diffusers' pipelines draw it.
+
+    The package's one way to draw noise (the sampling loop's starting latents, the VAE's
+    reparameterisation, the forward process, the pipeline trace): diffusers' ``randn_tensor``, so the
+    same generator gives the same numbers as ``StableDiffusionPipeline``. A CPU generator draws on the
+    CPU and the noise is moved to ``device`` (the same numbers on every device); a generator on
+    ``device`` draws there; with no generator the noise is drawn on ``device``. Raises ``ValueError``
+    saying what to do for a generator on another accelerator, ``TypeError`` for something that is not
+    a generator.
+    """
+    check_generator(generator)
+    device = torch.device(device)
+    if generator is not None and generator.device.type not in ("cpu", device.type):
+        raise ValueError(
+            f"the generator lives on {generator.device} but the noise is wanted on {device}. Use a CPU "
+            "generator (sdlearn.device.make_generator(seed)), which works for every device, or one on "
+            f"{device.type}."
+        )
+    return randn_tensor(tuple(int(s) for s in shape), generator=generator, device=device, dtype=dtype)
 
 
 def _version(package: str) -> str:
@@ -186,6 +219,39 @@ def environment_report() -> dict[str, str]:
         report["gpu"] = props.name
         report["gpu memory"] = f"{props.total_memory / 2**30:.1f} GiB"
     return report
+
+
+def _cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(*, torch_threads: bool = True) -> list[str]:
+    """The machine a measurement ran on, in three lines for a benchmark's report.
+
+    ``machine : <platform>, <CPU>, <n> logical CPUs[, torch threads <n>]``, ``versions: python ..., torch
+    ..., diffusers ..., transformers ...`` and ``GPU     : <name>, <memory>, CUDA <version>, cuDNN <version>``
+    (or ``none (CUDA not available)``); the versions and the GPU come from :func:`environment_report`.
+    ``torch_threads``: report this process's ``torch.get_num_threads()`` (leave it out when the
+    measurement runs in other processes).
+    """
+    report = environment_report()
+    machine = f"machine : {report['platform']}, {_cpu_name()}, {os.cpu_count()} logical CPUs"
+    if torch_threads:
+        machine += f", torch threads {torch.get_num_threads()}"
+    lines = [machine, f"versions: python {report['python']}, torch {report['torch']}, diffusers "
+                      f"{report['diffusers']}, transformers {report['transformers']}"]
+    if "gpu" in report:
+        lines.append(f"GPU     : {report['gpu']}, {report['gpu memory']}, CUDA {torch.version.cuda}, "
+                     f"cuDNN {torch.backends.cudnn.version()}")
+    else:
+        lines.append("GPU     : none (CUDA not available)")
+    return lines
 
 
 def format_environment_report(report: dict[str, str] | None = None) -> str:

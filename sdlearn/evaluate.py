@@ -33,12 +33,13 @@ import torch
 from . import train, world
 from ._checks import check_int
 from .images import psnr
+from . import models
+from .models import SD_GUIDANCE_SCALE
 from .text import clip_image_features, clip_text_features
 
 HELD_OUT_SEED = 1000
 VALIDATION_SEED = HELD_OUT_SEED + 10_000   # prompts and seeds for choosing the guidance scale
-SD_DEFAULT_GUIDANCE = 7.5               # StableDiffusionPipeline's default guidance_scale
-SWEEP_SCALES = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
+SWEEP_SCALES = (2.0, 3.0, 4.0, 5.0, 6.0, SD_GUIDANCE_SCALE)
 PROMPT_KINDS = ("full", "partial", "two")
 #: The samplers SD 1.x users and tutorials run, each at its usual number of steps: (name, diffusers
 #: class, steps). Each is made ``from_config`` of the model's own scheduler config, as tutorials make it.
@@ -134,7 +135,7 @@ def eval_prompts(kind: str, count: int, *, seed: int) -> list[tuple[str, list[di
 
 
 @torch.no_grad()
-def prompt_following(pipe, *, count: int = 240, steps: int = 20, guidance_scale: float = 7.5,
+def prompt_following(pipe, *, count: int = 240, steps: int = 20, guidance_scale: float = SD_GUIDANCE_SCALE,
                      seed: int = HELD_OUT_SEED + 2, batch_size: int = 60, progress: bool = False) -> dict:
     """Generate ``count`` images per prompt kind and judge them with :func:`sdlearn.world.judge`.
 
@@ -172,7 +173,7 @@ def all_prompts_rate(following: dict) -> float:
     return float(np.mean([r["all_named_right"] for r in following.values()]))
 
 
-def sampler_table(pipe, *, guidance_scale: float = SD_DEFAULT_GUIDANCE, count: int = 240,
+def sampler_table(pipe, *, guidance_scale: float = SD_GUIDANCE_SCALE, count: int = 240,
                   seed: int = HELD_OUT_SEED + 2, samplers=SD_SAMPLERS, progress: bool = False) -> dict[str, dict]:
     """Prompt following (:func:`prompt_following`) under each sampler of :data:`SD_SAMPLERS`.
 
@@ -224,7 +225,7 @@ def best_guidance(sweep: dict[float, dict[str, float]]) -> float:
     return max(sorted(sweep), key=lambda scale: (sweep[scale]["mean"], -scale))
 
 
-def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = 7.5, repeats: int = 20) -> dict[str, float]:
+def seconds_per_image(pipe, *, steps: int = 20, guidance_scale: float = SD_GUIDANCE_SCALE, repeats: int = 20) -> dict[str, float]:
     """Wall-clock seconds for one image (batch 1) on the pipeline's device, after one warm-up run.
 
     Returns the median and the quartiles of ``repeats`` runs: on a shared machine single runs
@@ -252,7 +253,6 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     number skips the sweep. ``sampler_count``: generations per prompt kind for each row of the
     sampler table (six samplers at 25 to 50 steps cost about as much as the rest together at 60).
     """
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
 
     model_dir = Path(model_dir)
@@ -262,9 +262,7 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
             f"{model_dir} is not a model folder the evaluation can measure: it has no {' and no '.join(missing)}. "
             "Pass a folder written by `python -m sdlearn.recipe` (a diffusers folder plus the CLIP model in clip/), "
             "e.g. the bundled sdlearn/bundled/sdlearn-tiny.")
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                                   safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = models.load(str(model_dir), device="cpu", dtype=torch.float32).make_pipeline()
     report: dict = {"model": str(model_dir), "steps": steps}
     report["vae_psnr_db"] = round(vae_psnr(pipe.vae), 2)
     clip = CLIPModel.from_pretrained(model_dir / "clip", dtype=torch.float32).eval()
@@ -276,9 +274,9 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
     report["guidance_scale"] = guidance_scale
     report["prompt_following"] = _rounded(
         prompt_following(pipe, count=count, steps=steps, guidance_scale=guidance_scale, progress=progress))
-    if guidance_scale != SD_DEFAULT_GUIDANCE:
+    if guidance_scale != SD_GUIDANCE_SCALE:
         report["prompt_following_at_sd_default"] = _rounded(
-            prompt_following(pipe, count=count, steps=steps, guidance_scale=SD_DEFAULT_GUIDANCE, progress=progress))
+            prompt_following(pipe, count=count, steps=steps, guidance_scale=SD_GUIDANCE_SCALE, progress=progress))
     report["scheduler"] = type(pipe.scheduler).__name__
     report["samplers_at_sd_default"] = {
         name: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
@@ -293,10 +291,8 @@ def evaluate(model_dir: str | Path, *, count: int = 240, steps: int = 20, guidan
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .models import BUNDLED_MODEL_DIR
-
     parser = argparse.ArgumentParser(prog="python -m sdlearn.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL_DIR)
+    parser.add_argument("--model", type=Path, default=models.BUNDLED_MODEL_DIR)
     parser.add_argument("--n", type=int, default=240, help="generations per prompt kind (default 240)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler-n", type=int, default=60,
@@ -314,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
                       sampler_count=args.sampler_n, progress=True)
     text = json.dumps(report, indent=2)
     print(text)
-    print(f"\nPrompt following at guidance {SD_DEFAULT_GUIDANCE} (every named attribute right, held-out prompts "
+    print(f"\nPrompt following at guidance {SD_GUIDANCE_SCALE} (every named attribute right, held-out prompts "
           "and seeds):\n")
     print(format_sampler_table(report["samplers_at_sd_default"]))
     if args.json:

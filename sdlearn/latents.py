@@ -21,7 +21,6 @@ one into pixels. This module records that walk and makes new ones:
 from __future__ import annotations
 
 import io
-import math
 import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,7 +31,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlearn import sampling
-from sdlearn._checks import check_int, positive_int
+from sdlearn._checks import check_int, is_number, positive_int
+from sdlearn.models import SD_GUIDANCE_SCALE
 
 Weights = float | Sequence[float] | torch.Tensor
 
@@ -143,7 +143,7 @@ def slerp(
     """
     _check_pair(v0, v1)
     w, scalar = _weights(weights)
-    if not (isinstance(dot_threshold, numbers.Real) and 0 < dot_threshold < 1):
+    if not (is_number(dot_threshold) and 0 < dot_threshold < 1):
         raise ValueError(
             f"dot_threshold must be a number in (0, 1), got {dot_threshold!r}; the default is {DOT_THRESHOLD}."
         )
@@ -260,7 +260,7 @@ def sample_trajectory(
     negative_prompt_embeds: torch.Tensor,
     *,
     num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float = SD_GUIDANCE_SCALE,
     generator: torch.Generator | None = None,
 ) -> Trajectory:
     """Denoise ``latents`` with classifier-free guidance and record every step.
@@ -292,9 +292,8 @@ def sample_trajectory(
     _check_embeds("prompt_embeds", prompt_embeds, unet, batch)
     _check_embeds("negative_prompt_embeds", negative_prompt_embeds, unet, batch)
     positive_int("num_inference_steps", num_inference_steps, hint="SD's default is 50.")
-    if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real)
-            or not math.isfinite(guidance_scale)):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r} (SD's default is 7.5).")
+    if not is_number(guidance_scale, finite=True):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r} (SD's default is {SD_GUIDANCE_SCALE}).")
     if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError(
             f"the scheduler's prediction_type is {scheduler.config.prediction_type!r}; sample_trajectory reads the "
@@ -437,7 +436,7 @@ class LatentExplorer:
     def key(seed_weight: float, prompt_weight: float, guidance_scale: float) -> tuple[float, float, float]:
         """The cache key: the settings rounded to 6 decimals (slider values like 0.30000000000000004)."""
         values = (seed_weight, prompt_weight, guidance_scale)
-        if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) for v in values):
+        if not all(is_number(v, finite=True) for v in values):
             raise ValueError(f"seed_weight, prompt_weight and guidance_scale must be finite numbers, got {values!r}.")
         return tuple(round(float(v), 6) for v in values)
 

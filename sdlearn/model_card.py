@@ -164,16 +164,20 @@ def _numel(shape) -> int:
 
 
 def shortfall_sentence(samplers: dict[str, dict], goal: float = 0.90) -> str:
-    """One sentence, from the sampler table, naming the samplers under ``goal`` at guidance 7.5."""
+    """One sentence, from the sampler table, naming the samplers under ``goal`` at SD's guidance 7.5."""
+    from .models import SD_GUIDANCE_SCALE
+
     short = [f"{name} ({100 * row['all']:.1f}%)" for name, row in samplers.items() if row["all"] < goal]
     if not short:
-        return f"Every sampler above draws at least {100 * goal:.0f}% of the prompts right at guidance 7.5."
-    return (f"Below {100 * goal:.0f}% at guidance 7.5: {', '.join(short)}. The folder's own settings, DDIM at the\n"
+        return f"Every sampler above draws at least {100 * goal:.0f}% of the prompts right at guidance {SD_GUIDANCE_SCALE:g}."
+    return (f"Below {100 * goal:.0f}% at guidance {SD_GUIDANCE_SCALE:g}: {', '.join(short)}. The folder's own settings, DDIM at the\n"
             "recommended guidance scale, are the figures above the table.")
 
 
 def render_card(folder: str | Path, evaluation: dict) -> str:
     """The model card's Markdown for the diffusers folder ``folder`` and its evaluation report."""
+    from .models import SD_GUIDANCE_SCALE
+
     folder = Path(folder)
     meta = json.loads((folder / "recipe.json").read_text())
     recipe, timings = meta["recipe"], meta.get("timings_s", {})
@@ -195,7 +199,7 @@ def render_card(folder: str | Path, evaluation: dict) -> str:
 
         generations = 3 * evaluation["sampler_count"]           # full, partial and two-object prompts
         sampler_text = (
-            "\nAt guidance 7.5 under each sampler SD 1.x is usually run with, at its usual number of steps\n"
+            f"\nAt guidance {SD_GUIDANCE_SCALE:g} under each sampler SD 1.x is usually run with, at its usual number of steps\n"
             "(each made `from_config(pipe.scheduler.config)`; the first of the same held-out prompts and seeds; the last column\n"
             f"is the share of all {generations} generations with every named attribute right):\n\n"
             f"{format_sampler_table(samplers)}\n\n{shortfall_sentence(samplers)}\n")
@@ -204,7 +208,7 @@ def render_card(folder: str | Path, evaluation: dict) -> str:
     default_table = ""
     if default:
         default_table = (
-            f"\nAt Stable Diffusion's default guidance scale, 7.5, on the same prompts and seeds:\n\n"
+            f"\nAt Stable Diffusion's default guidance scale, {SD_GUIDANCE_SCALE:g}, on the same prompts and seeds:\n\n"
             f"{_TABLE_HEAD}\n{_following_rows(default)}\n"
         )
     sweep = evaluation.get("guidance_sweep")
@@ -293,7 +297,7 @@ Measured time of the last build ({evaluation.get('torch_threads', '?')} CPU thre
 ## Measured quality
 
 From `python -m sdlearn.evaluate` ({evaluation['steps']} steps of the folder's own scheduler, {evaluation.get('scheduler', 'DDIMScheduler')}, unless a table says otherwise). **Recommended guidance scale for this
-model: {evaluation['guidance_scale']:g}** ({"SD 1.x's default too" if evaluation['guidance_scale'] == 7.5 else "SD 1.x's is 7.5"}; chosen on validation prompts and seeds).
+model: {evaluation['guidance_scale']:g}** ({"SD 1.x's default too" if evaluation['guidance_scale'] == SD_GUIDANCE_SCALE else f"SD 1.x's is {SD_GUIDANCE_SCALE:g}"}; chosen on validation prompts and seeds).
 
 - VAE reconstruction PSNR on held-out images: **{evaluation['vae_psnr_db']:.1f} dB**.
 - CLIP zero-shot accuracy on held-out single-object images: colour {_pct(zs['colour'])}, shape {_pct(zs['shape'])},

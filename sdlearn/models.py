@@ -39,8 +39,9 @@ from diffusers import AutoencoderKL, SchedulerMixin, StableDiffusionPipeline, UN
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdlearn._checks import check_int
+from sdlearn._checks import check_int, is_number
 from sdlearn.device import _parse_dtype, resolve
+from sdlearn.vae import vae_scale_factor
 
 BUNDLED_MODEL_DIR = Path(__file__).parent / "bundled" / "sdlearn-tiny"
 SD15_CONFIG_DIR = Path(__file__).parent / "configs" / "sd15"
@@ -61,7 +62,8 @@ KNOWN_SD1_MIRRORS = (
 
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
-# StableDiffusionPipeline's default classifier-free guidance scale, right for real SD 1.x.
+# StableDiffusionPipeline's default classifier-free guidance scale, right for real SD 1.x: the one home of
+# 7.5 in the package (sampling, latents, attention and evaluate take their defaults from it).
 SD_GUIDANCE_SCALE = 7.5
 
 # Parameter counts of the published SD 1.5 weights; the replica built from configs/sd15 matches them.
@@ -108,8 +110,11 @@ class SDComponents:
 
     @property
     def vae_scale_factor(self) -> int:
-        """How much the VAE shrinks each side: 2 ** (number of VAE blocks - 1), 8 for SD."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """How much the VAE shrinks each side: 2 ** (number of VAE blocks - 1), 8 for SD.
+
+        ``sdlearn.vae.vae_scale_factor(self.vae)``, the number a pipeline stores as ``pipe.vae_scale_factor``.
+        """
+        return vae_scale_factor(self.vae)
 
     @property
     def image_size(self) -> int:
@@ -163,23 +168,43 @@ class SDComponents:
                 "so a pipeline built from it cannot run. Use load('sd15-replica') for random "
                 "weights, or load('bundled') for a trained model."
             )
-        pipe = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=not progress_bar)
-        self.pipeline = pipe
-        return pipe
+        self.pipeline = build_pipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=self.scheduler, progress_bar=progress_bar)
+        return self.pipeline
+
+
+def build_pipeline(*, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                   unet: UNet2DConditionModel, scheduler: SchedulerMixin,
+                   progress_bar: bool = False) -> StableDiffusionPipeline:
+    """diffusers' ``StableDiffusionPipeline`` from SD 1.x's five parts, with no safety checker.
+
+    The one place the package builds a pipeline (``SDComponents.make_pipeline``, the recipe's export and
+    the evaluation call it). ``safety_checker=None`` with ``requires_safety_checker=False``, as diffusers
+    documents for models without one: the bundled model draws shapes, and the replica has random weights.
+    The progress bar is off by default so notebook outputs stay clean.
+    """
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=not progress_bar)
+    return pipe
 
 
 def count_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters (shared ones once) of ``module``; works on the meta device too."""
+    """Number of parameters (shared ones once) of ``module``; works on the meta device too.
+
+    A whole diffusers or transformers model answers with the library's own ``module.num_parameters()``;
+    any other ``torch.nn.Module`` (a U-Net block, one layer) with the same sum over ``module.parameters()``.
+    """
+    if isinstance(module, (diffusers.ModelMixin, transformers.PreTrainedModel)):
+        return module.num_parameters()
     return sum(p.numel() for p in module.parameters())
 
 
@@ -217,7 +242,7 @@ def recommended_guidance_scale(components: "SDComponents | str | None" = None) -
     report = folder / "evaluation.json"
     if report.is_file():
         scale = json.loads(report.read_text(encoding="utf-8")).get("guidance_scale")
-        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        if is_number(scale):
             return float(scale)
     return SD_GUIDANCE_SCALE
 

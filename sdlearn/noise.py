@@ -30,6 +30,7 @@ import numbers
 import torch
 
 from sdlearn._checks import check_int
+from sdlearn.device import draw_noise
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # The cosine schedule clips each beta here, so the last steps do not divide by ~0 (Nichol & Dhariwal 2021, sec. 3.2).
@@ -162,7 +163,8 @@ def markov_chain(
     the result equals :func:`add_noise` at timestep ``t`` with ``alphas_cumprod = cumprod(1 - betas)``.
 
     ``x0``: any shape, e.g. ``[N, ...]`` for N independent chains. ``betas``: ``[T]`` in [0, 1].
-    ``t``: int in ``[0, T)``. The noise is drawn on ``generator``'s device, in float32.
+    ``t``: int in ``[0, T)``. The noise is drawn in float32 by :func:`sdlearn.device.draw_noise`
+    (diffusers' ``randn_tensor``: on a CPU generator's device, then moved to ``x0``'s).
     Returns ``x_t``, shape and dtype of ``x0``; with ``return_all=True`` every state
     ``[t + 1, *x0.shape]``, where entry ``s`` is the sample at timestep ``s``.
     """
@@ -176,12 +178,11 @@ def markov_chain(
         t = int(t)
     check_int("t", t, low=0, high=betas.numel() - 1,
               expected=f"an int in [0, {betas.numel() - 1}] (a 0-based timestep, one per beta)")
-    noise_device = generator.device if generator is not None else torch.device("cpu")
     betas = betas.to(x0.device, torch.float32)
     x = x0.float()
     states = [] if return_all else None
     for s in range(t + 1):
-        eps = torch.randn(x.shape, generator=generator, device=noise_device).to(x.device)
+        eps = draw_noise(x.shape, generator=generator, device=x.device, dtype=torch.float32)
         x = (1 - betas[s]) ** 0.5 * x + betas[s] ** 0.5 * eps
         if states is not None:
             states.append(x)

@@ -27,6 +27,7 @@ from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdlearn._checks import positive_int
+from sdlearn.device import draw_noise
 from sdlearn.models import SDComponents, count_parameters, parameters_by_block
 from sdlearn.text import tokenize
 
@@ -147,8 +148,8 @@ def trace_shapes(
     t = scheduler.timesteps[0]
     side = int(unet.config.sample_size)
     shape = (batch_size, int(unet.config.in_channels), side, side)
-    latents = torch.randn(shape, generator=generator, device=generator.device)
-    latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma  # [B, 4, h, w]
+    latents = draw_noise(shape, generator=generator, device=device)  # [B, 4, h, w] float32
+    latents = latents.to(dtype) * scheduler.init_noise_sigma  # [B, 4, h, w]
     # 3. One denoising step
     latent_model_input = scheduler.scale_model_input(latents, t)
     noise_pred = unet(latent_model_input, t, encoder_hidden_states=text_embeddings).sample

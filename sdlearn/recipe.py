@@ -176,8 +176,10 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     ``work`` keeps the checkpoints, the loss log and the timings; a second call with the same
     recipe resumes there, one with another recipe raises ``ValueError``.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTokenizer
+
+    from .models import build_pipeline
 
     work.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(recipe, work)
@@ -264,9 +266,8 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     (work / "timings.json").write_text(json.dumps(timings, indent=2))
 
     # 5. Export: a standard diffusers folder, fp16 safetensors, plus the full CLIP in clip/
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
-                                   unet=unet, scheduler=DDIMScheduler.from_config(sampling_scheduler_config()),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = build_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
+                          unet=unet, scheduler=DDIMScheduler.from_config(sampling_scheduler_config()))
     export(pipe, clip, out, recipe=recipe, timings=timings, measured_scaling_factor=measured)
     report = {"timings_s": timings}
     if evaluate:

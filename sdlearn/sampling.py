@@ -45,8 +45,9 @@ from tqdm.auto import tqdm
 
 import sdlearn.unet
 import sdlearn.vae
-from sdlearn._checks import check_int
-from sdlearn.models import SDComponents
+from sdlearn._checks import check_int, is_number
+from sdlearn.device import check_generator, draw_noise
+from sdlearn.models import SD_GUIDANCE_SCALE, SDComponents
 from sdlearn.text import encode
 
 GuidanceScale = float | Sequence[float]
@@ -157,8 +158,7 @@ def _check_guidance(guidance_scale, batch_size: int) -> bool:
         return False
     if isinstance(guidance_scale, torch.Tensor):
         guidance_scale = guidance_scale.reshape(-1).tolist()
-    if not isinstance(guidance_scale, Sequence) or not all(
-            isinstance(s, numbers.Real) and not isinstance(s, bool) for s in guidance_scale):
+    if not isinstance(guidance_scale, Sequence) or not all(is_number(s) for s in guidance_scale):
         raise TypeError(
             f"guidance_scale must be a number or a list of numbers (one per image), got {guidance_scale!r:.80}."
         )
@@ -289,10 +289,10 @@ def prepare_latents(
 ) -> torch.Tensor:
     """The start of sampling: ``x_T = eps * init_noise_sigma``, ``eps ~ N(0, I)`` of ``shape`` ``[B, C, h, w]``.
 
-    The noise is drawn with ``torch.randn`` from ``generator`` on the generator's device and
-    moved to ``device``, as diffusers' ``randn_tensor`` does, so the same seed gives the
-    pipeline's numbers. Pass ``latents`` to start from your own noise (it is still multiplied
-    by ``init_noise_sigma``, like the pipeline's ``latents=`` argument). ``init_noise_sigma``
+    The noise is drawn by :func:`sdlearn.device.draw_noise` (diffusers' ``randn_tensor``: on a CPU
+    generator's device, then moved to ``device``), so the same seed gives the pipeline's numbers.
+    Pass ``latents`` to start from your own noise (it is still multiplied by ``init_noise_sigma``,
+    like the pipeline's ``latents=`` argument). ``init_noise_sigma``
     is 1 for DDIM/DDPM/PNDM/DPM-Solver, ``sqrt(sigma_max^2 + 1)`` for Euler (its latents live
     at a larger scale).
     """
@@ -300,14 +300,7 @@ def prepare_latents(
     shape = tuple(int(s) for s in shape)
     check_generator(generator)
     if latents is None:
-        noise_device = generator.device if generator is not None else device
-        if noise_device.type != device.type and noise_device.type != "cpu":
-            raise ValueError(
-                f"the generator lives on {noise_device} but the latents are wanted on {device}. Use a CPU "
-                "generator (sdlearn.device.make_generator(seed)), which works for every device, or one on "
-                f"{device.type}."
-            )
-        latents = torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+        latents = draw_noise(shape, generator=generator, device=device, dtype=dtype)
     else:
         if not isinstance(latents, torch.Tensor):
             hint = " Fix: torch.from_numpy(latents)." if type(latents).__module__.startswith("numpy") else ""
@@ -326,15 +319,6 @@ def prepare_latents(
     return latents * init_noise_sigma
 
 
-def check_generator(generator) -> None:
-    """Raise a ``TypeError`` that says how to make one unless ``generator`` is None or a ``torch.Generator``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        hint = f" For a seed, make one: torch.Generator().manual_seed({generator!r})." if isinstance(
-            generator, int) and not isinstance(generator, bool) else ""
-        raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__} "
-                        f"{generator!r:.40}.{hint}")
-
-
 def prepare_extra_step_kwargs(scheduler, generator: torch.Generator | None, eta: float) -> dict:
     """``{"eta": ..., "generator": ...}``, keeping only what ``scheduler.step`` accepts (as the pipeline does).
 
@@ -342,7 +326,7 @@ def prepare_extra_step_kwargs(scheduler, generator: torch.Generator | None, eta:
     ``generator`` feeds schedulers that add fresh noise in ``step`` (DDIM with eta > 0, Euler
     ancestral, DDPM).
     """
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or eta < 0:
+    if not is_number(eta) or eta < 0:
         raise ValueError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta!r}.")
     accepted = set(inspect.signature(scheduler.step).parameters)
     kwargs: dict = {}
@@ -401,7 +385,7 @@ def denoise(
     *,
     timesteps: torch.Tensor,
     negative_prompt_embeds: torch.Tensor | None = None,
-    guidance_scale: GuidanceScale = 7.5,
+    guidance_scale: GuidanceScale = SD_GUIDANCE_SCALE,
     extra_step_kwargs: dict | None = None,
     timestep_cond: torch.Tensor | None = None,
     record: bool = False,
@@ -573,7 +557,7 @@ def text_to_image(
     height: int | None = None,
     width: int | None = None,
     num_inference_steps: int = 50,
-    guidance_scale: GuidanceScale = 7.5,
+    guidance_scale: GuidanceScale = SD_GUIDANCE_SCALE,
     negative_prompt: str | Sequence[str] | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -654,7 +638,7 @@ def get_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple
     (``set_begin_index``), for the schedulers that count their steps. Returns
     ``(timesteps, number of steps)``.
     """
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
+    if not is_number(strength) or not 0 <= strength <= 1:
         raise ValueError(
             f"strength must be a number in [0, 1] (0: keep the image, 1: start from noise), got {strength!r}."
         )
@@ -685,7 +669,7 @@ def image_to_image(
     *,
     strength: float = 0.8,
     num_inference_steps: int = 50,
-    guidance_scale: GuidanceScale = 7.5,
+    guidance_scale: GuidanceScale = SD_GUIDANCE_SCALE,
     negative_prompt: str | Sequence[str] | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -799,7 +783,7 @@ def ddim_step(
     ``DDIMScheduler.step``'s, in its order, so the results are equal to the last bit.
     """
     _check_step_inputs(noise_pred, latents, alphas_cumprod)
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or eta < 0:
+    if not is_number(eta) or eta < 0:
         raise ValueError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta!r}.")
     if variance_noise is not None and generator is not None:
         raise ValueError("pass either generator (to draw z) or variance_noise (z itself), not both.")

@@ -25,7 +25,6 @@ return the tensor itself. The ``clip_*_features`` wrappers return the tensor eit
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -173,8 +172,8 @@ def token_table(tokenizer, input_ids: torch.Tensor | Sequence[int], *, max_rows:
 def _text_transformer(text_encoder) -> torch.nn.Module:
     """The module that holds ``embeddings``, ``encoder`` and ``final_layer_norm``.
 
-    In transformers 5 that is ``CLIPTextModel`` itself; in 4.x it is its ``.text_model``.
-    A ``CLIPModel`` (text and vision) is accepted too: its text tower is used.
+    In transformers 5 that is ``CLIPTextModel`` itself. A ``CLIPModel`` (text and vision) or a
+    ``CLIPTextModelWithProjection`` is accepted too: its ``.text_model`` is used.
     """
     module = text_encoder
     for _ in range(3):
@@ -205,16 +204,10 @@ def causal_mask(length: int, *, dtype: torch.dtype = torch.float32,
 def run_encoder_layer(layer: torch.nn.Module, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One ``CLIPEncoderLayer``: ``hidden_states [B, L, d]`` -> ``[B, L, d]``, with the additive ``mask``.
 
-    transformers 5 layers take ``(hidden_states, attention_mask)`` and return a tensor;
-    4.x layers take a separate ``causal_attention_mask`` and return a tuple. This calls
-    either with the mask in the right place and returns the tensor.
+    transformers 5 (which the course requires) takes the causal mask as the layer's ``attention_mask``
+    and returns the hidden states as a tensor.
     """
-    parameters = inspect.signature(layer.forward).parameters
-    if "causal_attention_mask" in parameters:  # transformers 4.x
-        out = layer(hidden_states, attention_mask=None, causal_attention_mask=mask)
-    else:
-        out = layer(hidden_states, attention_mask=mask)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return layer(hidden_states, attention_mask=mask)
 
 
 def encode_by_hand(text_encoder, input_ids: torch.Tensor | None = None, *,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import text, world
-from ._checks import check_int, positive_int
+from ._checks import check_int, is_number, positive_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -144,10 +144,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Genera
     """
     check_int("steps", steps, expected="an int >= 1 (optimizer steps to take)", hint="Pass e.g. steps=200.")
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not is_number(value, finite=True) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}. Pass e.g. lr=1e-3.")
-    if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
-                                  or not 0 < ema_decay < 1):
+    if ema_decay is not None and (not is_number(ema_decay) or not 0 < ema_decay < 1):
         raise ValueError(f"ema_decay must be a number in (0, 1) (e.g. 0.999) or None, got {ema_decay!r}.")
     was_training = model.training
     try:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlearn._checks import check_int, is_int, positive_int
+from sdlearn._checks import check_int, is_int, is_number, positive_int
+from sdlearn.models import count_parameters
 
 Shape = tuple[int, ...]
 
@@ -153,7 +154,7 @@ def trace_unet(
             elif name.startswith("up_blocks"):
                 used = tuple(tuple(r.shape) for r in reversed(kwargs["res_hidden_states_tuple"]))
             stages[name] = Stage(name, type(module).__name__, tuple(out.shape), saved, used,
-                                 sum(p.numel() for p in module.parameters()))
+                                 count_parameters(module))
         return hook
 
     handles = [unet.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True) for name in order]
@@ -393,7 +394,7 @@ def classifier_free_guidance(
         raise ValueError(f"noise_pred_uncond {tuple(noise_pred_uncond.shape)} and noise_pred_text "
                          f"{tuple(noise_pred_text.shape)} must have the same shape. From one U-Net call on a "
                          "doubled batch: noise_pred_uncond, noise_pred_text = noise_pred.chunk(2).")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+    if not is_number(guidance_scale):
         raise TypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}.")
     return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
 

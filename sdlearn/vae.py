@@ -23,6 +23,9 @@ import math
 
 import torch
 
+from sdlearn._checks import is_number
+from sdlearn.device import draw_noise
+
 # Inputs may exceed [-1, 1] by this much (rounding); beyond it the tensor is not an image in [-1, 1].
 RANGE_TOLERANCE = 1e-3
 
@@ -122,9 +125,9 @@ def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, *,
     """A sample of ``N(mean, exp(logvar))`` by the reparameterisation trick: ``z = mu + sigma * eps``.
 
     ``mean``, ``logvar``: same shape, e.g. ``[B, 4, h, w]``; ``sigma = exp(logvar / 2)``;
-    ``eps ~ N(0, I)`` is drawn from ``generator`` on the generator's device (the CPU by
-    default) and moved to ``mean``'s device, as diffusers' ``randn_tensor`` does, so with the
-    same generator state the result equals ``latent_dist.sample(generator=generator)``.
+    ``eps ~ N(0, I)`` is drawn by :func:`sdlearn.device.draw_noise` (diffusers' ``randn_tensor``, on a
+    CPU generator's device and moved to ``mean``'s), so with the same generator state the result
+    equals ``latent_dist.sample(generator=generator)``.
     ``z`` is a differentiable function of ``mean`` and ``logvar``: gradients flow through.
     """
     if not isinstance(mean, torch.Tensor) or not isinstance(logvar, torch.Tensor):
@@ -134,10 +137,9 @@ def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, *,
             f"mean has shape {tuple(mean.shape)} but logvar has {tuple(logvar.shape)}; one log-variance per "
             "mean is expected. Pass latent_dist.mean and latent_dist.logvar of the same posterior."
         )
-    noise_device = generator.device if generator is not None else mean.device
-    eps = torch.randn(mean.shape, generator=generator, device=noise_device, dtype=mean.dtype)
+    eps = draw_noise(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     std = torch.exp(0.5 * logvar)  # sigma = exp(log sigma^2 / 2)
-    return mean + std * eps.to(mean.device)
+    return mean + std * eps
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -170,8 +172,7 @@ def fold_scaling_factor(vae, scaling_factor: float) -> float:
     were, and decoding gives the same images: the same model, with SD's constant (0.18215) in
     its config. Returns ``k``. Needs ``quant_conv`` and ``post_quant_conv`` (SD's VAE has both).
     """
-    if isinstance(scaling_factor, bool) or not isinstance(scaling_factor, (int, float)) \
-            or not math.isfinite(scaling_factor) or scaling_factor <= 0:
+    if not is_number(scaling_factor, finite=True) or scaling_factor <= 0:
         raise ValueError(f"scaling_factor must be a positive number (SD 1.x: 0.18215), got {scaling_factor!r}.")
     quant, post_quant = getattr(vae, "quant_conv", None), getattr(vae, "post_quant_conv", None)
     if not isinstance(quant, torch.nn.Conv2d) or not isinstance(post_quant, torch.nn.Conv2d):

@@ -135,3 +135,43 @@ def test_check_same_device_dtype_rejects_non_tensor():
 def test_make_generator_on_a_missing_gpu_says_what_to_do():
     with pytest.raises(RuntimeError, match=r"'cuda' was requested but CUDA is not available.*device='cpu'"):
         dev.make_generator(0, device="cuda")
+
+
+# --- noise: diffusers' randn_tensor, one rule for every draw ---------------------------------------
+
+
+def test_draw_noise_is_randn_tensor():
+    from diffusers.utils.torch_utils import randn_tensor
+
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        mine = dev.draw_noise((2, 4, 3, 3), generator=dev.make_generator(5), dtype=dtype)
+        library = randn_tensor((2, 4, 3, 3), generator=dev.make_generator(5), device=torch.device("cpu"), dtype=dtype)
+        assert mine.dtype == dtype and torch.equal(mine, library)
+    # a CPU generator draws on the CPU whatever the device; with no generator the draw is made on the device
+    assert dev.draw_noise((2, 3), generator=dev.make_generator(0), device="meta").device.type == "meta"
+    assert dev.draw_noise((2, 3), device="meta").device.type == "meta"
+
+
+def test_draw_noise_refuses_what_is_not_a_generator():
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator.*torch.Generator\(\).manual_seed\(0\)"):
+        dev.draw_noise((1,), generator=0)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        dev.draw_noise((1,), generator=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")
+def test_draw_noise_says_what_to_do_for_a_generator_on_another_device():
+    with pytest.raises(ValueError, match=r"generator lives on cuda.*Use a CPU generator"):
+        dev.draw_noise((1,), generator=torch.Generator("cuda").manual_seed(0), device="cpu")
+
+
+# --- the machine report ------------------------------------------------------------------------
+
+
+def test_machine_lines():
+    lines = dev.machine_lines()
+    assert [line[:10] for line in lines] == ["machine : ", "versions: ", "GPU     : "]
+    assert f"{torch.get_num_threads()}" in lines[0] and "logical CPUs" in lines[0]
+    assert f"torch {torch.__version__}," in lines[1]
+    assert ("CUDA" in lines[2] and "none" not in lines[2]) == torch.cuda.is_available()
+    assert "torch threads" not in dev.machine_lines(torch_threads=False)[0]

@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import re
@@ -75,8 +76,36 @@ def test_parameters_by_block(meta_replica):
     assert blocks["other"] == sum(models.count_parameters(getattr(meta_replica.unet, n)) for n in others)
 
 
-def test_count_parameters():
+def test_count_parameters_is_the_librarys_num_parameters(meta_replica, tiny_components):
     assert models.count_parameters(torch.nn.Linear(3, 2)) == 3 * 2 + 2
+    for c in (meta_replica, tiny_components):
+        for part in (c.unet, c.vae, c.text_encoder):
+            assert models.count_parameters(part) == part.num_parameters() == sum(p.numel() for p in part.parameters())
+    assert models.count_parameters(meta_replica.unet) == models.SD15_PARAMETER_COUNTS["unet"]
+
+
+def test_build_pipeline_is_diffusers_pipeline_without_a_safety_checker(tiny_components):
+    c = tiny_components
+    parts = {"vae": c.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer, "unet": c.unet,
+             "scheduler": c.scheduler}
+    pipe = models.build_pipeline(**parts)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert all(getattr(pipe, name) is part for name, part in parts.items())
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+    assert pipe.config.requires_safety_checker is False
+    made = copy.copy(c).make_pipeline()                     # the method calls it: same parts, same settings
+    assert type(made) is type(pipe) and all(getattr(made, name) is part for name, part in parts.items())
+    assert made.safety_checker is None and made.config.requires_safety_checker is False
+
+
+def test_vae_scale_factor_is_the_pipelines(tiny_components, bundled_pipe):
+    from sdlearn import vae as sdvae
+
+    assert tiny_components.vae_scale_factor == sdvae.vae_scale_factor(tiny_components.vae) == 2
+    assert models.build_pipeline(vae=tiny_components.vae, text_encoder=tiny_components.text_encoder,
+                                 tokenizer=tiny_components.tokenizer, unet=tiny_components.unet,
+                                 scheduler=tiny_components.scheduler).vae_scale_factor == 2
+    assert sdvae.vae_scale_factor(bundled_pipe.vae) == bundled_pipe.vae_scale_factor == 8
 
 
 def test_replica_tokenizer_fits_the_text_encoder(meta_replica):
@@ -277,10 +306,24 @@ def test_hub_id_failing_after_the_index(monkeypatch, tiny_model_dir):
         models.load(HUB_ID, device="cpu")
 
 
-def test_recommended_guidance_scale(tmp_path, monkeypatch):
-    from sdlearn.evaluate import SD_DEFAULT_GUIDANCE
+def test_sd_guidance_scale_is_the_pipelines_default_and_every_default_uses_it():
+    import inspect
 
-    assert models.SD_GUIDANCE_SCALE == SD_DEFAULT_GUIDANCE == 7.5
+    from sdlearn import attention, evaluate, latents, sampling
+
+    def default(fn):
+        return inspect.signature(fn).parameters["guidance_scale"].default
+
+    assert models.SD_GUIDANCE_SCALE == default(StableDiffusionPipeline.__call__) == 7.5
+    for fn in (sampling.denoise, sampling.text_to_image, sampling.image_to_image, latents.sample_trajectory,
+               attention.measure_localisation, evaluate.prompt_following, evaluate.seconds_per_image,
+               evaluate.sampler_table):
+        assert default(fn) is models.SD_GUIDANCE_SCALE, fn.__qualname__
+    assert evaluate.SWEEP_SCALES[-1] is models.SD_GUIDANCE_SCALE
+    assert not hasattr(evaluate, "SD_DEFAULT_GUIDANCE")      # one constant, in models
+
+
+def test_recommended_guidance_scale(tmp_path, monkeypatch):
     assert models.recommended_guidance_scale("sd15-replica") == 7.5
     assert models.recommended_guidance_scale("stable-diffusion-v1-5/stable-diffusion-v1-5") == 7.5
     folder = tmp_path / "model"

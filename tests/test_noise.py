@@ -99,6 +99,20 @@ def test_markov_chain_first_step_is_one_gaussian_step(scheduler):
     torch.testing.assert_close(out, (1 - b).sqrt() * x0 + b.sqrt() * eps)
 
 
+def test_markov_chain_draws_what_randn_tensor_draws(scheduler):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    path = markov_chain(x0, scheduler.betas, 1, generator=torch.Generator().manual_seed(4), return_all=True)
+    g = torch.Generator().manual_seed(4)
+    eps = [randn_tensor((2, 3), generator=g, device=torch.device("cpu"), dtype=torch.float32) for _ in range(2)]
+    b, x, states = scheduler.betas.float(), x0.float(), []
+    for s in range(2):                              # DDPM eq. 2, one fresh eps per step
+        x = (1 - b[s]) ** 0.5 * x + b[s] ** 0.5 * eps[s]
+        states.append(x)
+    torch.testing.assert_close(path, torch.stack(states).double(), rtol=0, atol=0)
+
+
 def test_markov_chain_is_reproducible_and_returns_the_path(scheduler):
     x0 = torch.zeros(2, 3)
     path = markov_chain(x0, scheduler.betas, 9, generator=torch.Generator().manual_seed(0), return_all=True)

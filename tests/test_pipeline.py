@@ -36,6 +36,20 @@ def test_trace_on_meta_replica_gives_sd15_figures(meta_replica):
     assert traced[-1].outputs["image"] == (1, 3, 512, 512)
 
 
+def test_trace_starts_from_the_noise_the_pipeline_draws(tiny_components):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    seen = []
+    hook = tiny_components.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        pipeline.trace_shapes(tiny_components, batch_size=2, generator=torch.Generator().manual_seed(3))
+    finally:
+        hook.remove()
+    expected = randn_tensor((2, 4, 32, 32), generator=torch.Generator().manual_seed(3), device=torch.device("cpu"))
+    scheduler = type(tiny_components.scheduler).from_config(tiny_components.scheduler.config)
+    torch.testing.assert_close(seen[0], expected * scheduler.init_noise_sigma, rtol=0, atol=0)
+
+
 def test_trace_leaves_the_scheduler_alone(tiny_components):
     scheduler = tiny_components.scheduler
     before = None if scheduler.num_inference_steps is None else list(scheduler.timesteps)

@@ -173,27 +173,15 @@ def test_encode_by_hand_errors(tokenizer, text_encoder):
         text.encode_by_hand(torch.nn.Linear(2, 2), ids)
 
 
-class _OldStyleLayer(torch.nn.Module):
-    """A layer with transformers 4.x's signature: separate causal mask, tuple output."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, hidden_states, attention_mask, causal_attention_mask, output_attentions=False):
-        assert attention_mask is None
-        return (self.layer(hidden_states, attention_mask=causal_attention_mask),)
-
-
-def test_run_encoder_layer_handles_both_signatures(text_encoder):
+def test_run_encoder_layer_is_the_library_layer(text_encoder):
     layer = text_encoder.encoder.layers[0]
     hidden = torch.randn(2, 5, text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
     mask = text.causal_mask(5)
     with torch.no_grad():
-        new = text.run_encoder_layer(layer, hidden, mask)
-        old = text.run_encoder_layer(_OldStyleLayer(layer), hidden, mask)
-    assert torch.is_tensor(new) and new.shape == hidden.shape
-    torch.testing.assert_close(old, new)
+        mine = text.run_encoder_layer(layer, hidden, mask)
+        library = layer(hidden, attention_mask=mask)
+    assert torch.is_tensor(mine) and mine.shape == hidden.shape
+    torch.testing.assert_close(mine, library, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------

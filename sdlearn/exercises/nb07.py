@@ -52,7 +52,7 @@ def _(answer, pipe, latents, word, steps, guidance_scale):
     with attention.capture_attention(pipe.unet) as store:
         pipe(answer, num_inference_steps=int(steps), guidance_scale=guidance_scale, latents=latents.clone(),
              output_type="latent")
-    factor = getattr(pipe, "vae_scale_factor", 8)
+    factor = pipe.vae_scale_factor
     H, W = latents.shape[-2] * factor, latents.shape[-1] * factor
     heat = attention.heat_map(store.maps(size=(H, W))[0], positions).float().cpu()          # [H, W]
     left = float(heat[:, : W // 2].sum() / heat.sum())
