@@ -69,6 +69,10 @@ def test_notebook_hygiene(path):
     assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), \
         "execution counts are not 1..n: do Kernel > Restart & Run All, then save"
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    # the display name of the kernel the course installs (ipykernel's), the one JupyterLab writes on save:
+    # saving a notebook unchanged then leaves its metadata unchanged
+    from ipykernel.kernelspec import get_kernel_dict
+    assert nb["metadata"]["kernelspec"]["display_name"] == get_kernel_dict()["display_name"]
     assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name} is over {MAX_NOTEBOOK_BYTES} bytes"
     for cell in code:
         for out in cell.get("outputs", []):
