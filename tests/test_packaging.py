@@ -3,6 +3,7 @@
 import json
 import re
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,52 @@ def test_notebook_hygiene(path):
             assert "Successfully installed" not in text and "Requirement already satisfied" not in text, \
                 "pip logs in stored outputs"
             assert "it/s]" not in text, "a progress bar was stored: disable it for stored outputs"
+
+
+def stored_run_seconds(nb: dict) -> float:
+    """How long the stored outputs took to make: from the first code cell's start to the last one's end.
+
+    ``course.py execute`` runs the notebook with nbconvert, which records each cell's times in its
+    metadata; this is the one measured source of the run times the README and the notebooks state.
+    """
+    times = [cell["metadata"].get("execution", {}) for cell in nb["cells"] if cell["cell_type"] == "code"]
+    assert all("iopub.execute_input" in t and "shell.execute_reply" in t for t in times), \
+        "a code cell has no recorded run time: re-run the notebook with python3 course.py execute"
+    start, end = (datetime.fromisoformat(times[0]["iopub.execute_input"]),
+                  datetime.fromisoformat(times[-1]["shell.execute_reply"]))
+    return (end - start).total_seconds()
+
+
+STATED_RUN_TIME = re.compile(r"\*\*Run time:\*\*[^*]*?about (\d+) s on a 2-core CPU")
+
+
+def readme_run_times() -> dict[str, int]:
+    rows = re.findall(r"^\| `(\d\d_\w+)` \|.*\| (\d+) s \|$", (ROOT / "README.md").read_text(), flags=re.M)
+    return {name: int(seconds) for name, seconds in rows}
+
+
+def test_the_readme_states_a_run_time_for_every_notebook():
+    assert sorted(readme_run_times()) == [path.stem for path in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_run_times_stated_are_the_stored_runs(path):
+    nb = json.loads(path.read_text())
+    intro = "".join(nb["cells"][0]["source"])
+    stated = STATED_RUN_TIME.search(intro)
+    assert stated, f"{path.name}'s introduction has no '**Run time:** ... about N s on a 2-core CPU'"
+    stated = int(stated.group(1))
+    assert readme_run_times()[path.stem] == stated, "the README's table and the notebook state different run times"
+    measured = stored_run_seconds(nb)
+    assert abs(stated - measured) <= max(5, 0.25 * measured), \
+        f"{path.name} states about {stated} s; its stored run took {measured:.0f} s: state the stored run's time"
+
+
+def test_stored_run_seconds_reads_nbconverts_timing():
+    cell = {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-12-03T12:00:01.5Z",
+                                                            "shell.execute_reply": "2026-12-03T12:00:04Z"}}}
+    late = {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-12-03T12:00:05Z",
+                                                            "shell.execute_reply": "2026-12-03T12:00:31.5Z"}}}
+    assert stored_run_seconds({"cells": [{"cell_type": "markdown", "metadata": {}}, cell, late]}) == 30.0
+    with pytest.raises(AssertionError, match="course.py execute"):
+        stored_run_seconds({"cells": [cell, {"cell_type": "code", "metadata": {}}]})
