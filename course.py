@@ -3,7 +3,7 @@
 
     python3 course.py lab      # set up (first time only) and open the course in JupyterLab
     python3 course.py test     # set up (first time only) and run the unit tests and every notebook
-    python3 course.py test --quick   # the same without the slow tests (float16 rehearsal, browser): the inner loop
+    python3 course.py test --quick   # the same without the slow tests (float16 rehearsal, browser, benchmark scripts): the inner loop
 
 For authors and teachers who change a notebook:
 
@@ -312,7 +312,8 @@ def main(argv: list[str]) -> int:
     quick = "--quick" in extra
     if quick:
         extra = [a for a in extra if a != "--quick"] + ["-m", "not slow"]
-        say("quick run: the slow tests (float16 rehearsal of every notebook, the browser test) are left out")
+        say("quick run: the slow tests (float16 rehearsal of every notebook, the browser test, the benchmark "
+            "scripts end to end) are left out")
     else:
         ensure_chromium()
     env = env_for(py)

@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from sdlearn import latents, models, train
+from sdlearn import latents, models, text
 
 
 def measure(moves: int = 5) -> dict[str, float]:
     c = models.load("bundled", device="cpu", dtype=torch.float32)
     with torch.no_grad():
-        text_a, text_b, empty = train.encode_prompts(
+        text_a, text_b, empty = text.encode(
             c.tokenizer, c.text_encoder, ["a big red circle on the left", "a small blue square on the right", ""]
         ).split(1)
     side, channels = c.unet.config.sample_size, c.unet.config.in_channels

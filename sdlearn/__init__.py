@@ -7,8 +7,8 @@ what a learner meets:
 - ``models``: load the bundled teaching model, real SD 1.x weights, or an SD 1.5 replica
 - ``device``: device, dtype, seeded generators and the noise they draw (diffusers' ``randn_tensor``), the machine report
 - ``images``: images <-> tensors in [-1, 1], with checks that explain bad input
-- ``viz``: image grids, latent channels, curves
-- ``pipeline``: the pipeline's three parts, their shapes, parameters and FLOPs (notebook 01)
+- ``viz``: image grids, latent channels, curves, the loss curve redrawn while training
+- ``anatomy``: the pipeline's anatomy: its three parts, their shapes, parameters and FLOPs (notebook 01)
 - ``vae``: encode, decode, the reparameterisation trick and the KL term (notebook 02)
 - ``noise``: beta schedules, the forward process step by step and in one jump (notebook 03)
 - ``text``: tokens and the CLIP text encoder by hand, CLIP similarities (notebook 04)
@@ -18,7 +18,8 @@ what a learner meets:
 - ``latents``: the latent over the denoising steps, spherical interpolation (notebook 08)
 - ``world``: the toy world the bundled model was trained on, and a pixel-level judge
 - ``tokenizer``: the word-level CLIP tokenizer of the bundled model
-- ``train``, ``recipe``, ``evaluate``: how the bundled model is trained and measured (notebook 09)
+- ``train``, ``recipe``, ``evaluate``: how the bundled model is trained and measured (notebook 09); ``evaluate``
+  also measures how well words localise in the attention maps (notebook 07)
 - ``exercises``: the checks of the notebooks' exercises
 """
 

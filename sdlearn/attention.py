@@ -20,8 +20,8 @@ by resolution, by layer and by step.
   the denoising steps.
 - :func:`word_positions` (:func:`word_index` to look a word up) and :func:`heat_map` turn a word of the prompt into a map; :func:`show_heat_maps`
   overlays maps on the picture.
-- :func:`match_objects`, :func:`score_words`, :func:`summarise_scores` and :func:`measure_localisation`
-  measure localisation on the toy world: how often a word's map peaks inside that word's object.
+- How well words localise on the toy world (how often a word's map peaks inside that word's object) is
+  measured in :mod:`sdlearn.evaluate` (:func:`sdlearn.evaluate.measure_localisation`).
 
 Memory-saving settings a learner on a small GPU uses, and how capture treats them:
 float16 weights (maps are summed in float32), ``pipe.enable_attention_slicing()`` (honoured:
@@ -42,15 +42,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models import attention_processor as _ap
 from matplotlib.figure import Figure
 
-from sdlearn import world
 from sdlearn._checks import check_int, is_int, is_number, positive_int
-from sdlearn.models import SD_GUIDANCE_SCALE
+from sdlearn.images import as_picture
 
 KEEP_MODES = ("conditional", "all")
 
@@ -694,23 +692,11 @@ def normalise(heat: torch.Tensor) -> torch.Tensor:
     return heat / peak.clamp_min(torch.finfo(heat.dtype).tiny)
 
 
-def _as_image_array(image) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        from sdlearn.images import to_numpy
-
-        return to_numpy(image)[0]
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image must be [H, W, 3] (uint8 or float in [0, 1]) or a tensor [3, H, W] in [-1, 1], "
-                         f"got shape {arr.shape}.")
-    return arr
-
-
 def show_heat_maps(image, heats: torch.Tensor, titles: Sequence[str], *, size: float = 1.6, alpha: float = 0.6,
                    cmap: str = "jet", suptitle: str | None = None) -> Figure:
     """The picture, then each heat map over it: ``image`` ``[H, W, 3]``, ``heats`` ``[k, H, W]`` (each shown on its
     own scale, 0 to its maximum), one title per map."""
-    arr = _as_image_array(image)
+    arr = as_picture(image)
     if not isinstance(heats, torch.Tensor) or heats.ndim != 3:
         raise ValueError("heats must be a tensor [k, H, W]: one map per panel.")
     if len(titles) != heats.shape[0]:
@@ -732,194 +718,3 @@ def show_heat_maps(image, heats: torch.Tensor, titles: Sequence[str], *, size: f
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     return fig
-
-
-# ---- localisation on the toy world -----------------------------------------------------------------------------
-
-WORD_KINDS = ("colour", "shape", "size")
-
-
-def match_objects(image: np.ndarray, named: Sequence[dict[str, str]]) -> list[world.Detection | None]:
-    """For each object a prompt names, the detection of :func:`sdlearn.world.analyse` that :func:`sdlearn.world.judge`
-    compares it with (:func:`sdlearn.world.match`: one object, the largest; two, the one at its named position among
-    the largest ``len(named) + 1``, else the next largest unused). None where nothing is left."""
-    return world.match(world.analyse(image), list(named))
-
-
-@dataclass(frozen=True)
-class WordScore:
-    """Where one word's heat map peaks, for one object of one generated image.
-
-    ``kind``: ``"colour"``, ``"shape"`` or ``"size"``; ``peak``: ``(row, col)`` of the map's maximum in the image;
-    ``inside``: the peak lies in this object's mask; ``in_other``: in another object's mask; ``mask_share``: the
-    object's mask as a share of the image (the chance that a random peak is inside); ``own_heat`` and
-    ``other_heat``: the map's mean over this object's mask and over the other object's (None with one object).
-    """
-
-    prompt: int
-    obj: int
-    word: str
-    kind: str
-    peak: tuple[int, int]
-    inside: bool
-    in_other: bool
-    mask_share: float
-    own_heat: float
-    other_heat: float | None
-
-
-def object_word_positions(tokenizer, prompt: str, named: Sequence[dict[str, str]], kind: str) -> list[list[int] | None]:
-    """For each object, the token positions of the word naming its ``kind`` (``"colour"``, ``"shape"``, ``"size"``)
-    in its own phrase of ``prompt`` ("a red circle on the left and a blue square on the right": phrases split at
-    " and "); None where the prompt does not name it."""
-    if kind not in WORD_KINDS:
-        raise ValueError(f"kind must be one of {list(WORD_KINDS)}, got {kind!r}.")
-    phrases = prompt.split(" and ")
-    if len(phrases) != len(named):
-        raise ValueError(f"the prompt has {len(phrases)} phrase(s) joined by ' and ' but named describes {len(named)} "
-                         "object(s); pass the caption and the named list that sdlearn.world.caption returned together.")
-    words = word_positions(tokenizer, prompt)
-    out, start = [], 0
-    for phrase, want in zip(phrases, named):
-        phrase_words = phrase.split()
-        value = want.get(kind)
-        index = phrase_words.index(value) if value in phrase_words else None
-        out.append(words[start + index][1] if index is not None else None)
-        start += len(phrase_words) + 1                       # the phrase, then "and"
-    return out
-
-
-def _image_array(image) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"image must be an [H, W, 3] uint8 array, got {arr.shape} {arr.dtype}. From the pipeline's "
-                         "output_type='np' images use np.round(images * 255).astype(np.uint8).")
-    return arr
-
-
-def score_words(image: np.ndarray, prompt: str, named: Sequence[dict[str, str]], maps: torch.Tensor, tokenizer, *,
-                kinds: Sequence[str] = ("colour", "shape"), prompt_index: int = 0,
-                matched: Sequence[world.Detection | None] | None = None,
-                verdict: Sequence[dict[str, bool]] | None = None) -> list[WordScore]:
-    """Score the words of one generated image: ``image`` ``[H, W, 3]`` uint8, its ``prompt`` and ``named`` (as
-    ``sdlearn.world.caption`` returns them), its ``maps`` ``[L, h, w]`` (any size; resized to the image, bilinear).
-
-    Only objects that :func:`sdlearn.world.judge` finds entirely right (every named attribute) are scored: for the
-    others the object the prompt asked for is not there to be found. ``matched`` and ``verdict`` (from
-    :func:`match_objects` and ``world.judge``) can be passed to avoid analysing the image again.
-    Returns one :class:`WordScore` per scored object and kind.
-    """
-    image = _image_array(image)
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
-        raise ValueError("maps must be a tensor [L, h, w], the maps of this one image (Localisation.maps['all'][i] "
-                         "or store.maps()[i]).")
-    heat_all = resize(maps[None].float().cpu(), image.shape[:2])[0]                   # [L, H, W]
-    verdict = list(verdict) if verdict is not None else world.judge(image, list(named))
-    matched = list(matched) if matched is not None else match_objects(image, named)
-    scores = []
-    for kind in kinds:
-        for obj, positions in enumerate(object_word_positions(tokenizer, prompt, named, kind)):
-            det = matched[obj]
-            if positions is None or det is None or not all(verdict[obj].values()):
-                continue
-            heat = heat_map(heat_all, positions)                                      # [H, W]
-            row, col = divmod(int(torch.argmax(heat)), heat.shape[1])
-            others = [d for i, d in enumerate(matched) if i != obj and d is not None]
-            heat_np = heat.numpy()
-            other_heat = float(np.mean([heat_np[d.mask].mean() for d in others])) if others else None
-            scores.append(WordScore(prompt_index, obj, named[obj][kind], kind, (row, col), bool(det.mask[row, col]),
-                                    any(bool(d.mask[row, col]) for d in others), float(det.mask.mean()),
-                                    float(heat_np[det.mask].mean()), other_heat))
-    return scores
-
-
-def summarise_scores(scores: Sequence[WordScore]) -> dict[str, dict[str, float]]:
-    """Per word kind: ``n`` scored words; ``inside``, the share whose map peaks in its own object; ``other``, the
-    share that peaks in the other object; ``chance``, the mean mask share (what a peak at a random pixel would
-    score); ``hotter``, the share whose map is hotter on average over its own object than over the other (chance
-    0.5; among words whose prompt has a second object found)."""
-    summary = {}
-    for kind in dict.fromkeys(s.kind for s in scores):
-        chosen = [s for s in scores if s.kind == kind]
-        pairs = [s for s in chosen if s.other_heat is not None]
-        hotter = float(np.mean([s.own_heat > s.other_heat for s in pairs])) if pairs else float("nan")
-        summary[kind] = {"n": len(chosen), "inside": float(np.mean([s.inside for s in chosen])),
-                         "other": float(np.mean([s.in_other for s in chosen])),
-                         "chance": float(np.mean([s.mask_share for s in chosen])), "hotter": hotter}
-    return summary
-
-
-@dataclass
-class Localisation:
-    """What :func:`measure_localisation` found.
-
-    ``images`` ``[P, H, W, 3]`` uint8; ``maps``: name -> ``[P, L, h, w]`` float32 maps at the latent size on the CPU,
-    for ``"all"`` (mean over every layer, head and step, as DAAM) and the breakdowns: one per resolution
-    (``"8x8"``, ...) and per half of the steps (``"early steps"``, ``"late steps"``); ``scores``: name -> the
-    :class:`WordScore` list of those maps; ``objects``: objects the prompts name; ``scored_objects``: those the judge
-    found entirely right, which are the ones scored.
-    """
-
-    prompts: list[tuple[str, list[dict[str, str]]]]
-    images: np.ndarray
-    maps: dict[str, torch.Tensor]
-    scores: dict[str, list[WordScore]]
-    objects: int
-    scored_objects: int
-
-    def summary(self, name: str = "all") -> dict[str, dict[str, float]]:
-        """:func:`summarise_scores` of the maps called ``name`` (a key of :attr:`maps`)."""
-        if name not in self.scores:
-            raise ValueError(f"no maps called {name!r}; there are {list(self.scores)}.")
-        return summarise_scores(self.scores[name])
-
-
-@torch.no_grad()
-def measure_localisation(pipe, prompts: Sequence[tuple[str, list[dict[str, str]]]], *, steps: int = 20,
-                         guidance_scale: float = SD_GUIDANCE_SCALE, generator: torch.Generator | None = None, batch_size: int = 32,
-                         kinds: Sequence[str] = ("colour", "shape")) -> Localisation:
-    """Generate one image per prompt with ``pipe`` (classifier-free guidance, so ``guidance_scale > 1``), capture
-    its cross-attention maps, and score the words with :func:`score_words`: for the DAAM aggregate (mean over all
-    layers, heads and steps), for each resolution alone and for the early and the late half of the steps.
-
-    ``prompts``: ``(caption, named)`` pairs, e.g. ``sdlearn.evaluate.eval_prompts("two", 48, seed=...)``. The starting
-    noise of every image is drawn up front from ``generator`` (on the CPU), so the result does not depend on
-    ``batch_size``, the prompts per pipeline call.
-    """
-    if not prompts:
-        raise ValueError("prompts is empty: pass (caption, named) pairs, e.g. "
-                         "sdlearn.evaluate.eval_prompts('two', 48, seed=0).")
-    if not is_number(guidance_scale) or not guidance_scale > 1:
-        raise ValueError(f"guidance_scale must be a number > 1 (classifier-free guidance), got {guidance_scale!r}: "
-                         "capture keeps the conditional half of the pipeline's doubled batch.")
-    positive_int("batch_size", batch_size)
-    check_int("steps", steps, low=2, expected="an int >= 2 (early and late halves are compared)")
-    unet = pipe.unet
-    side = int(unet.config.sample_size)
-    latents = torch.randn((len(prompts), int(unet.config.in_channels), side, side), generator=generator)  # [P, C, h, w]
-    images, maps = [], {}
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        with capture_attention(unet, keep="conditional", self_max_side=0) as store:
-            out = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       latents=latents[start:start + len(chunk)].to(unet.device, unet.dtype), output_type="np").images
-        images.append(np.round(out * 255).astype(np.uint8))                            # [b, H, W, 3]
-        half = store.steps // 2
-        views = {"all": store.maps(),
-                 **{f"{h}x{w}": store.maps(resolutions=[(h, w)]) for h, w in store.resolutions},
-                 "early steps": store.maps(steps=slice(0, half)), "late steps": store.maps(steps=slice(half, None))}
-        for name, view in views.items():
-            maps.setdefault(name, []).append(view.cpu())                                # [b, L, h, w]
-    images_all = np.concatenate(images)
-    maps_all = {name: torch.cat(parts) for name, parts in maps.items()}
-    scores: dict[str, list[WordScore]] = {name: [] for name in maps_all}
-    objects, scored = 0, set()
-    for i, ((prompt, named), image) in enumerate(zip(prompts, images_all)):
-        matched, verdict = match_objects(image, named), world.judge(image, list(named))
-        objects += len(named)
-        for name, view in maps_all.items():
-            found = score_words(image, prompt, named, view[i], pipe.tokenizer, kinds=kinds, prompt_index=i,
-                                matched=matched, verdict=verdict)
-            scores[name] += found
-            scored |= {(i, s.obj) for s in found}
-    return Localisation(list(prompts), images_all, maps_all, scores, objects, len(scored))

@@ -163,6 +163,9 @@ def _check_image_tensor(tensor: torch.Tensor) -> torch.Tensor:
         )
     if tensor.ndim == 3:
         tensor = tensor[None]
+    if tensor.ndim == 4 and tensor.shape[0] == 0:
+        raise ValueError(f"tensor has shape {tuple(tensor.shape)}: no images. Pass at least one, [B, 3, H, W] with "
+                         "B >= 1.")
     if tensor.ndim != 4 or tensor.shape[1] != 3:
         hint = ""
         if tensor.ndim == 4 and tensor.shape[1] == 4:
@@ -202,6 +205,33 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     warn_if_unit_range(tensor, where="images.to_numpy")
     unit = (tensor / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W] in [0, 1]
     return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Pixels as stored, uint8 ``[B, 3, H, W]`` in 0..255 -> float32 in [-1, 1], the range SD's VAE takes:
+    ``x / 127.5 - 1`` (the inverse of :func:`to_numpy`'s mapping, up to its rounding)."""
+    if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8:
+        kind = images_uint8.dtype if isinstance(images_uint8, torch.Tensor) else type(images_uint8).__name__
+        raise TypeError(f"expected a uint8 tensor [B, 3, H, W] in 0..255, got {kind}. A float image is already "
+                        "in a model's range or needs to_tensor; PIL images and numpy arrays go through to_tensor.")
+    return images_uint8.float() / 127.5 - 1
+
+
+def as_picture(image, *, uint8: bool = False) -> np.ndarray:
+    """One picture as an ``[H, W, 3]`` array, to show or to analyse: a tensor ``[3, H, W]`` or ``[1, 3, H, W]`` in
+    [-1, 1] goes through :func:`to_numpy`; an array must be ``[H, W, 3]`` already (uint8, or float in [0, 1] to
+    show). ``uint8=True`` accepts only uint8 pixels, as the toy world's judge reads them."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 4 and image.shape[0] != 1:
+            raise ValueError(f"got a batch of {image.shape[0]} images; pass one, e.g. images[i].")
+        return to_numpy(image)[0]
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or (uint8 and arr.dtype != np.uint8):
+        want = "an [H, W, 3] uint8 array" if uint8 else "[H, W, 3] (uint8 or float in [0, 1])"
+        raise ValueError(f"image must be {want} or a tensor [3, H, W] in [-1, 1], got shape {arr.shape} "
+                         f"{arr.dtype}. From the pipeline's output_type='np' images use "
+                         "np.round(images * 255).astype(np.uint8).")
+    return arr
 
 
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:

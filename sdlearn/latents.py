@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import io
 import numbers
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlearn import sampling
 from sdlearn._checks import check_int, is_number, positive_int
+from sdlearn.images import to_numpy
 from sdlearn.models import SD_GUIDANCE_SCALE
 
 Weights = float | Sequence[float] | torch.Tensor
@@ -243,7 +243,7 @@ def _check_embeds(name: str, embeds: torch.Tensor, unet, batch: int) -> None:
         raise ValueError(
             f"{name} has shape {shape}; this U-Net reads text embeddings [B, L, {width}] "
             "(cross_attention_dim). Make them with text_encoder(ids).last_hidden_state, "
-            "e.g. sdlearn.train.encode_prompts(tokenizer, text_encoder, [prompt])."
+            "e.g. sdlearn.text.encode(tokenizer, text_encoder, [prompt])."
         )
     if embeds.shape[0] not in (1, batch):
         raise ValueError(
@@ -332,18 +332,6 @@ def sample_trajectory(
 # Pictures: animations and the widgets' frames
 # --------------------------------------------------------------------------------------
 
-def _to_uint8(images: torch.Tensor, what: str = "frames") -> np.ndarray:
-    """``[n, 3, H, W]`` in [-1, 1] -> ``[n, H, W, 3]`` uint8 (clamped, rounded as diffusers does)."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(
-            f"{what} has shape {shape}; expected images [n, 3, H, W] in [-1, 1] with n >= 1, "
-            "e.g. sdlearn.vae.decode(vae, latents)."
-        )
-    unit = (images.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
-    return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def _resize(img: Image.Image, side: int) -> Image.Image:
     if img.width == side and img.height == side:
         return img
@@ -360,7 +348,7 @@ def animation_png(frames: torch.Tensor, *, duration_ms: int = 200, size: int | N
     neighbour for whole-number enlargements, so small images stay crisp); ``loop``: 0 plays
     forever. A few dozen 64-pixel frames take tens of kilobytes.
     """
-    arrays = _to_uint8(frames)
+    arrays = to_numpy(frames)                                   # [n, H, W, 3] uint8
     check_int("duration_ms", duration_ms, expected="an int >= 1 (milliseconds per frame)")
     if size is not None:
         check_int("size", size, expected="None or an int >= 1 (pixels per side)")
@@ -375,7 +363,7 @@ def animation_png(frames: torch.Tensor, *, duration_ms: int = 200, size: int | N
 
 def _panel_strip(images: torch.Tensor, titles: Sequence[str], side: int) -> Image.Image:
     """Images ``[n, 3, H, W]`` side by side, each scaled to ``side`` pixels, titled above."""
-    arrays = _to_uint8(images, "images")
+    arrays = to_numpy(images)                                   # [n, H, W, 3] uint8
     band, gap = 16, 4
     strip = Image.new("RGB", (len(arrays) * side + (len(arrays) - 1) * gap, side + band), "white")
     draw = ImageDraw.Draw(strip)
@@ -398,8 +386,8 @@ class LatentExplorer:
     ``guidance_scale``, and a denoising ``step``. What does not depend on the sliders is computed
     once when the explorer is made (text embeddings come in precomputed; the empty prompt's
     too). What depends on the first three is one :func:`sample_trajectory` run, kept in a
-    least-recently-used cache keyed by the rounded settings; a step's decoded pictures are
-    cached too. So moving the step slider costs at most two VAE decodes, and returning to
+    least-recently-used cache (:func:`functools.lru_cache`, ``max_trajectories`` runs) keyed by the
+    rounded settings; a step's decoded pictures are cached the same way (``max_frames``). So moving the step slider costs at most two VAE decodes, and returning to
     settings already seen costs nothing.
 
     ``noise_a``, ``noise_b``: start latents ``[1, C, h, w]``; ``prompt_embeds_a``/``_b`` and
@@ -428,9 +416,8 @@ class LatentExplorer:
         self.num_inference_steps = num_inference_steps
         self.panel_size = panel_size
         self.max_trajectories, self.max_frames = max_trajectories, max_frames
-        self._trajectories: OrderedDict[tuple, Trajectory] = OrderedDict()
-        self._frames: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.hits = self.misses = 0
+        self._runs = lru_cache(maxsize=max_trajectories)(self._sample)      # settings -> Trajectory
+        self._decoded = lru_cache(maxsize=max_frames)(self._decode)         # (settings, step) -> pictures
 
     @staticmethod
     def key(seed_weight: float, prompt_weight: float, guidance_scale: float) -> tuple[float, float, float]:
@@ -442,20 +429,13 @@ class LatentExplorer:
 
     def trajectory(self, seed_weight: float, prompt_weight: float, guidance_scale: float) -> Trajectory:
         """The :class:`Trajectory` for these settings (computed on the first request, then cached)."""
-        key = self.key(seed_weight, prompt_weight, guidance_scale)
-        if key in self._trajectories:
-            self.hits += 1
-            self._trajectories.move_to_end(key)
-            return self._trajectories[key]
-        self.misses += 1
+        return self._runs(self.key(seed_weight, prompt_weight, guidance_scale))
+
+    def _sample(self, key: tuple[float, float, float]) -> Trajectory:
         start = slerp(self.noise_a, self.noise_b, key[0])                                    # [1, C, h, w]
         embeds = interpolate_embeddings(self.prompt_embeds_a, self.prompt_embeds_b, key[1])  # [1, L, d]
-        result = sample_trajectory(self.unet, self.scheduler, start, embeds, self.negative_prompt_embeds,
-                                   num_inference_steps=self.num_inference_steps, guidance_scale=key[2])
-        self._trajectories[key] = result
-        if len(self._trajectories) > self.max_trajectories:
-            self._trajectories.popitem(last=False)
-        return result
+        return sample_trajectory(self.unet, self.scheduler, start, embeds, self.negative_prompt_embeds,
+                                 num_inference_steps=self.num_inference_steps, guidance_scale=key[2])
 
     def frames(self, seed_weight: float, prompt_weight: float, guidance_scale: float, step: int) -> torch.Tensor:
         """Decoded pictures ``[3, 3, H, W]`` in [-1, 1] (CPU): the latent ``x_t`` at ``step``, its
@@ -465,19 +445,16 @@ class LatentExplorer:
             step = int(step)
         check_int("step", step, low=0, high=traj.num_steps - 1,
                   expected=f"an int in [0, {traj.num_steps - 1}] (one per denoising step)")
-        key = (*self.key(seed_weight, prompt_weight, guidance_scale), int(step))
-        if key in self._frames:
-            self._frames.move_to_end(key)
-            return self._frames[key]
+        return self._decoded(self.key(seed_weight, prompt_weight, guidance_scale), step)
+
+    def _decode(self, key: tuple[float, float, float], step: int) -> torch.Tensor:
         # deferred import: sdlearn.vae imports nothing from here, but keep this module light to import
         from sdlearn.vae import decode
 
+        traj = self._runs(key)                        # cached: frames() has just asked for it
+
         latents = torch.cat([traj.latents[step], traj.x0_preds[step], traj.latents[-1]])   # [3, C, h, w]
-        images = decode(self.vae, latents).float().cpu()                                  # [3, 3, H, W]
-        self._frames[key] = images
-        if len(self._frames) > self.max_frames:
-            self._frames.popitem(last=False)
-        return images
+        return decode(self.vae, latents).float().cpu()                                    # [3, 3, H, W]
 
     def render(self, seed_weight: float, prompt_weight: float, guidance_scale: float, step: int) -> bytes:
         """PNG bytes of the three pictures of :meth:`frames`, side by side and titled: an
@@ -492,6 +469,8 @@ class LatentExplorer:
         return buffer.getvalue()
 
     def cache_info(self) -> dict[str, int]:
-        """``{"trajectories": cached runs, "frames": cached decoded steps, "hits": ..., "misses": ...}``."""
-        return {"trajectories": len(self._trajectories), "frames": len(self._frames),
-                "hits": self.hits, "misses": self.misses}
+        """``{"trajectories": cached runs, "frames": cached decoded steps, "hits": ..., "misses": ...}`` (hits
+        and misses of the sampling-run cache, which a frame that is not cached yet asks too), from the two
+        caches' ``cache_info()``."""
+        runs, frames = self._runs.cache_info(), self._decoded.cache_info()
+        return {"trajectories": runs.currsize, "frames": frames.currsize, "hits": runs.hits, "misses": runs.misses}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import train, world
+from . import text, train, world
 from .tokenizer import build_tokenizer, save_tokenizer_files
 from .vae import fold_scaling_factor
 
@@ -242,7 +242,8 @@ def run(recipe: Recipe, work: Path, out: Path, *, progress: bool = True, evaluat
     k = fold_scaling_factor(vae, sd_scaling_factor())
     mean, std = mean * k, std * k                        # the pool's latents in the folded VAE's units
     captions = train.all_captions()
-    table = timed("prompts", lambda: train.encode_prompts(tokenizer, text_encoder, captions))
+    table = timed("prompts", lambda: text.encode(tokenizer, text_encoder, captions, batch_size=256,
+                                                          device="cpu", warn=False))
     latent_data = train.LatentData(mean, std, data.scenes, table, {c: i for i, c in enumerate(captions)},
                                    vae.config.scaling_factor)
 

@@ -15,8 +15,9 @@ moving average of the weights if asked, a progress bar, a loss log, and checkpoi
 safetensors to resume from.
 
 The training notebook (09) trains a smaller UNet with the same functions; for it this module
-also has :func:`small_unet_config` (the recipe's UNet at any width), :func:`captions_for` (the
-prompt table a small pool needs) and :class:`LiveLoss` (a loss curve redrawn while ``fit`` runs).
+also has :func:`small_unet_config` (the recipe's UNet at any width) and :func:`captions_for` (the
+prompt table a small pool needs); its loss curve, redrawn while ``fit`` runs, is
+:class:`sdlearn.viz.LiveLoss`. A prompt table is :func:`sdlearn.text.encode` of the captions.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,10 +36,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import text, world
-from ._checks import check_int, is_number, positive_int
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from ._checks import check_int, is_number
+from .images import to_model_range
 
 # --------------------------------------------------------------------------------------
 # Checkpoints, in safetensors (no pickles anywhere in the project).
@@ -110,16 +108,27 @@ class FitResult:
 
 
 def cosine_lr(step: int, *, steps: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine to 0."""
+    """Learning-rate multiplier of step ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine to 0.
+
+    diffusers' ``get_cosine_schedule_with_warmup`` (the schedule of its training scripts) from step ``warmup`` on;
+    during the warm-up one step ahead of it, so that the first step learns at ``1 / warmup`` of the rate rather
+    than at 0 (tests/test_train.py compares the two)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA's decay after optimiser step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``, so that
+    the average forgets its random start quickly. diffusers' ``EMAModel`` uses the same warm-up from the second
+    step on; at the first it copies the weights (decay 0) where this keeps a tenth of the start."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, *, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta."""
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta: diffusers' ``EMAModel.step`` at that decay."""
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p.detach(), 1 - decay)
 
@@ -199,7 +208,7 @@ def _fit(model, loss_fn, *, steps, lr, seed, warmup, weight_decay, ema_decay, ch
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema_update(ema, accelerator.unwrap_model(model), decay=min(ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, accelerator.unwrap_model(model), decay=ema_decay_at(step, ema_decay))
         value = float(loss.detach())
         result.losses.append(value)
         if callback is not None:
@@ -256,11 +265,6 @@ def render_pool(seed: int, count: int, *, resolution: int = 64, two_object_prob:
     return WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), scenes)
 
 
-def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] in 0..255 -> float32 in [-1, 1]: x / 127.5 - 1."""
-    return images_uint8.float() / 127.5 - 1
-
-
 def draw_captions(scenes: list[world.Scene], rng: np.random.Generator, *, empty_prob: float = 0.0) -> list[str]:
     """A fresh caption for each scene (full or partial, see :func:`sdlearn.world.caption`).
 
@@ -268,18 +272,6 @@ def draw_captions(scenes: list[world.Scene], rng: np.random.Generator, *, empty_
     classifier-free guidance needs at sampling time.
     """
     return ["" if empty_prob and rng.random() < empty_prob else world.caption(s, rng)[0] for s in scenes]
-
-
-def tokenize(tokenizer, captions: list[str], device: torch.device | str = "cpu", *,
-             padding: str = "max_length") -> torch.Tensor:
-    """Captions -> input ids [B, max_length], padded and truncated as SD does: :func:`sdlearn.text.tokenize`.
-
-    ``padding="longest"`` pads only to the longest caption of the batch. CLIP's text
-    encoder is causal and pools at the first EOS, so its pooled output is the same
-    either way, for a fraction of the compute (used for contrastive training).
-    The world's captions always fit, so no truncation warning is checked for.
-    """
-    return text.tokenize(tokenizer, captions, device=device, warn=False, padding=padding)
 
 
 # --------------------------------------------------------------------------------------
@@ -293,8 +285,10 @@ def clip_loss_fn(data: WorldData, tokenizer, *, batch_size: int) -> Callable:
     def loss_fn(model, generator, device):
         idx = torch.randint(len(data), (batch_size,), generator=generator)
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        input_ids = tokenize(tokenizer, draw_captions([data.scenes[i] for i in idx.tolist()], rng), device,
-                             padding="longest")
+        captions = draw_captions([data.scenes[i] for i in idx.tolist()], rng)
+        # padded to the batch's longest caption: CLIP pools at the first EOS, so its pooled output is the
+        # same as with SD's max_length padding, for a fraction of the compute (the world's captions all fit)
+        input_ids = text.tokenize(tokenizer, captions, device=device, warn=False, padding="longest")
         pixels = to_model_range(data.images[idx]).to(device)
         return model(input_ids=input_ids, pixel_values=pixels, return_loss=True).loss
 
@@ -384,18 +378,6 @@ def all_captions() -> list[str]:
     return sorted({"", *world.all_captions()})
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Text embeddings the UNet is conditioned on: last_hidden_state, [len(prompts), L, D], on the CPU.
-
-    :func:`sdlearn.text.encode`, ``batch_size`` prompts a call: a prompt table for :class:`LatentData`,
-    indexed on the CPU. ``device`` names where the text encoder runs; the ids go to the encoder's own
-    device (``text_encoder.device``), which is the same wherever the two agree.
-    """
-    return text.encode(tokenizer, text_encoder, prompts, batch_size=batch_size, device="cpu", warn=False)
-
-
 def unet_loss_fn(data: LatentData, noise_scheduler, *, batch_size: int, empty_prob: float = 0.1) -> Callable:
     """Loss function for :func:`fit`: :func:`diffusion_loss` on a random batch.
 
@@ -461,81 +443,8 @@ def small_unet_config(*, sample_size: int, cross_attention_dim: int, channels: S
 def captions_for(scenes: Sequence[world.Scene]) -> list[str]:
     """Every caption :func:`draw_captions` can give these scenes, plus the empty one, sorted.
 
-    A prompt table (:func:`encode_prompts`) with these rows covers every batch that
+    A prompt table (:func:`sdlearn.text.encode` of them) with these rows covers every batch that
     :func:`unet_loss_fn` can draw from a pool of these scenes. For a small pool it is much
     shorter than :func:`all_captions` (which covers every scene of the world), so quicker to encode.
     """
     return sorted({"", *(c for scene in scenes for c in world.possible_captions(scene))})
-
-
-def moving_average(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing mean: element i is the mean of ``values[max(0, i - window + 1) : i + 1]``. Shape [len(values)]."""
-    check_int("window", window, expected="an int >= 1 (steps to average over)")
-    v = np.asarray(values, dtype=np.float64).ravel()
-    cumulative = np.concatenate([[0.0], np.cumsum(v)])
-    end = np.arange(1, len(v) + 1)
-    start = np.maximum(0, end - window)
-    return (cumulative[end] - cumulative[start]) / (end - start)
-
-
-def loss_curve(losses: Sequence[float], *, window: int = 25, steps: int | None = None, title: str | None = None,
-               size: tuple[float, float] = (6.0, 3.0)) -> Figure:
-    """A ``matplotlib.figure.Figure`` of a training run: every step's loss (light) and its moving average over
-    ``window`` steps (dark), on a log y-axis. ``steps`` fixes the x-axis to 1 .. steps, so a curve
-    drawn during training grows from left to right.
-    """
-    from matplotlib.figure import Figure
-
-    values = np.asarray(losses, dtype=np.float64).ravel()
-    fig = Figure(figsize=size, layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(1, len(values) + 1)
-    if len(values):
-        ax.plot(x, values, color="tab:blue", alpha=0.3, lw=0.8, label="loss of each step")
-        ax.plot(x, moving_average(values, window), color="tab:blue", lw=1.8, label=f"mean of the last {window}")
-        if (values > 0).all():
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("log")
-            plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")  # 0.2, 0.3, 0.5, 1 ...
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
-        ax.legend(fontsize=8, loc="upper right")
-    ax.set_xlim(0, steps if steps is not None else max(1, len(values)))
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return fig
-
-
-class LiveLoss:
-    """A :func:`fit` callback that keeps every loss and redraws the loss curve every ``every`` steps.
-
-    ``show(figure)`` receives each new :func:`loss_curve` figure (and the last one, at step
-    ``steps``). In a notebook pass the ``update`` method of a display handle, so that one
-    output cell redraws in place while the model trains::
-
-        live = LiveLoss(None, steps=STEPS, every=10)
-        live.show = display(live.figure(), display_id=True).update
-        fit(model, loss_fn, steps=STEPS, ..., callback=live)
-
-    It needs no screen: under nbval or in a script it records the same way. ``show=None`` only records.
-    """
-
-    def __init__(self, show: Callable | None = None, *, steps: int, every: int = 10, window: int = 25,
-                 title: str | None = None):
-        for name, value in (("steps", steps), ("every", every), ("window", window)):
-            positive_int(name, value)
-        self.show, self.steps, self.every, self.window, self.title = show, steps, every, window, title
-        self.losses: list[float] = []
-
-    def __call__(self, step: int, loss: float) -> None:
-        self.losses.append(float(loss))
-        if self.show is not None and ((step + 1) % self.every == 0 or step + 1 == self.steps):
-            self.show(self.figure())
-
-    def figure(self) -> Figure:
-        """The curve of the losses so far (:func:`loss_curve`)."""
-        return loss_curve(self.losses, window=self.window, steps=self.steps, title=self.title)

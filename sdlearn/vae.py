@@ -84,7 +84,7 @@ def _check_images(vae, images: torch.Tensor) -> None:
     if not images.is_floating_point():
         raise ValueError(
             f"images has dtype {images.dtype}; expected floats in [-1, 1]. For 0..255 pixels use "
-            "x.float() / 127.5 - 1 (sdlearn.train.to_model_range), or sdlearn.images.to_tensor."
+            "x.float() / 127.5 - 1 (sdlearn.images.to_model_range), or sdlearn.images.to_tensor."
         )
     if torch.isnan(images).any():
         raise ValueError("images contains NaN; expected finite values in [-1, 1].")

@@ -7,14 +7,14 @@ a notebook displays the returned figure, a script can ``fig.savefig(path)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sdlearn._checks import check_int
+from sdlearn._checks import check_int, positive_int
 from sdlearn.images import to_pil
 
 DEFAULT_MAX_COLS = 6
@@ -185,3 +185,78 @@ def plot_curves(
     ax.legend()
     ax.grid(True, alpha=0.3)
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# Training curves (notebook 09)
+# --------------------------------------------------------------------------------------
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean: element i is the mean of ``values[max(0, i - window + 1) : i + 1]``. Shape [len(values)]."""
+    check_int("window", window, expected="an int >= 1 (steps to average over)")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    cumulative = np.concatenate([[0.0], np.cumsum(v)])
+    end = np.arange(1, len(v) + 1)
+    start = np.maximum(0, end - window)
+    return (cumulative[end] - cumulative[start]) / (end - start)
+
+
+def loss_curve(losses: Sequence[float], *, window: int = 25, steps: int | None = None, title: str | None = None,
+               size: tuple[float, float] = (6.0, 3.0)) -> Figure:
+    """A ``matplotlib.figure.Figure`` of a training run: every step's loss (light) and its moving average over
+    ``window`` steps (dark), on a log y-axis. ``steps`` fixes the x-axis to 1 .. steps, so a curve
+    drawn during training grows from left to right.
+    """
+    values = np.asarray(losses, dtype=np.float64).ravel()
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(1, len(values) + 1)
+    if len(values):
+        ax.plot(x, values, color="tab:blue", alpha=0.3, lw=0.8, label="loss of each step")
+        ax.plot(x, moving_average(values, window), color="tab:blue", lw=1.8, label=f"mean of the last {window}")
+        if (values > 0).all():
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")  # 0.2, 0.3, 0.5, 1 ...
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlim(0, steps if steps is not None else max(1, len(values)))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+class LiveLoss:
+    """A :func:`sdlearn.train.fit` callback that keeps every loss and redraws the loss curve every ``every`` steps.
+
+    ``show(figure)`` receives each new :func:`loss_curve` figure (and the last one, at step
+    ``steps``). In a notebook pass the ``update`` method of a display handle, so that one
+    output cell redraws in place while the model trains::
+
+        live = LiveLoss(None, steps=STEPS, every=10)
+        live.show = display(live.figure(), display_id=True).update
+        sdlearn.train.fit(model, loss_fn, steps=STEPS, ..., callback=live)
+
+    It needs no screen: under nbval or in a script it records the same way. ``show=None`` only records.
+    """
+
+    def __init__(self, show: Callable | None = None, *, steps: int, every: int = 10, window: int = 25,
+                 title: str | None = None):
+        for name, value in (("steps", steps), ("every", every), ("window", window)):
+            positive_int(name, value)
+        self.show, self.steps, self.every, self.window, self.title = show, steps, every, window, title
+        self.losses: list[float] = []
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.losses.append(float(loss))
+        if self.show is not None and ((step + 1) % self.every == 0 or step + 1 == self.steps):
+            self.show(self.figure())
+
+    def figure(self) -> Figure:
+        """The curve of the losses so far (:func:`loss_curve`)."""
+        return loss_curve(self.losses, window=self.window, steps=self.steps, title=self.title)

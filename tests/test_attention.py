@@ -425,12 +425,12 @@ def _two_object_samples(count=40):
 
 def test_match_objects_pairs_objects_as_the_judge_does():
     for s in _two_object_samples():
-        matched = A.match_objects(s.image, s.named)
+        matched = evaluate.match_objects(s.image, s.named)
         verdict = [{a: d is not None and getattr(d, a) == v for a, v in want.items()}
                    for want, d in zip(s.named, matched)]
         assert verdict == world.judge(s.image, s.named)
     single = world.sample(0, 0, two_object_prob=0.0)
-    assert A.match_objects(single.image, single.named)[0].area == world.analyse(single.image)[0].area
+    assert evaluate.match_objects(single.image, single.named)[0].area == world.analyse(single.image)[0].area
 
 
 def test_score_words_on_a_rendered_scene_with_planted_maps(bundled_pipe):
@@ -438,36 +438,36 @@ def test_score_words_on_a_rendered_scene_with_planted_maps(bundled_pipe):
     s = next(s for s in _two_object_samples() if all(all(v.values()) for v in world.judge(s.image, s.named)))
     L, side = tokenizer.model_max_length, s.image.shape[0]
     maps = torch.full((L, side, side), 0.01)
-    colour_pos = A.object_word_positions(tokenizer, s.caption, s.named, "colour")
-    shape_pos = A.object_word_positions(tokenizer, s.caption, s.named, "shape")
-    masks = [d.mask for d in A.match_objects(s.image, s.named)]
+    colour_pos = evaluate.object_word_positions(tokenizer, s.caption, s.named, "colour")
+    shape_pos = evaluate.object_word_positions(tokenizer, s.caption, s.named, "shape")
+    masks = [d.mask for d in evaluate.match_objects(s.image, s.named)]
     for p in colour_pos[0]:                                   # object 0's colour word: hot on object 0
         maps[p][torch.from_numpy(masks[0])] = 1.0
     for p in shape_pos[0]:                                    # object 0's shape word: hot on object 1 (wrong)
         maps[p][torch.from_numpy(masks[1])] = 1.0
-    scores = A.score_words(s.image, s.caption, s.named, maps, tokenizer, kinds=("colour", "shape"))
+    scores = evaluate.score_words(s.image, s.caption, s.named, maps, tokenizer, kinds=("colour", "shape"))
     by = {(x.kind, x.obj): x for x in scores}
     hit = by["colour", 0]
     assert hit.inside and not hit.in_other and hit.own_heat > hit.other_heat
     assert not by["shape", 0].inside and by["shape", 0].in_other
     assert by["colour", 0].mask_share == pytest.approx(masks[0].mean())
-    summary = A.summarise_scores(scores)
+    summary = evaluate.summarise_scores(scores)
     assert summary["colour"]["n"] == 2
     assert summary["colour"]["chance"] == pytest.approx((masks[0].mean() + masks[1].mean()) / 2)
     with pytest.raises(ValueError, match="phrase"):
-        A.object_word_positions(tokenizer, "a red circle", s.named, "colour")
+        evaluate.object_word_positions(tokenizer, "a red circle", s.named, "colour")
     with pytest.raises(ValueError, match="kind must be one of"):
-        A.object_word_positions(tokenizer, s.caption, s.named, "position")
+        evaluate.object_word_positions(tokenizer, s.caption, s.named, "position")
     with pytest.raises(ValueError, match="uint8"):
-        A.score_words(s.image.astype(np.float32), s.caption, s.named, maps, tokenizer)
+        evaluate.score_words(s.image.astype(np.float32), s.caption, s.named, maps, tokenizer)
 
 
 def test_measure_localisation_rejects_bad_arguments(bundled_pipe):
     with pytest.raises(ValueError, match="guidance_scale must be a number > 1"):
-        A.measure_localisation(bundled_pipe, [("a red circle", [{"colour": "red", "shape": "circle"}])],
+        evaluate.measure_localisation(bundled_pipe, [("a red circle", [{"colour": "red", "shape": "circle"}])],
                                guidance_scale=1.0)
     with pytest.raises(ValueError, match="prompts is empty"):
-        A.measure_localisation(bundled_pipe, [])
+        evaluate.measure_localisation(bundled_pipe, [])
 
 
 # Localisation on the bundled model: 48 held-out two-object prompts (eval_prompts seed 7000), 20 DDIM steps, the
@@ -484,7 +484,7 @@ SHAPE_HOTTER_MIN = 0.70
 @torch.no_grad()
 def test_shape_words_light_up_their_own_object_on_the_bundled_model(bundled_pipe):
     prompts = evaluate.eval_prompts("two", 48, seed=7000)
-    result = A.measure_localisation(bundled_pipe, prompts, steps=20,
+    result = evaluate.measure_localisation(bundled_pipe, prompts, steps=20,
                                     guidance_scale=models.recommended_guidance_scale("bundled"),
                                     generator=make_generator(0), batch_size=48)
     shape = result.summary("all")["shape"]

@@ -79,6 +79,7 @@ def test_a_step_is_stopped_at_its_limit_and_keeps_what_it_printed(kit, tmp_path)
         assert kit.stream([sys.executable, "-c", "raise SystemExit(3)"], log, env={}, timeout=30) == "FAILED (exit 3)"
 
 
+@pytest.mark.slow                       # the whole checklist, end to end: a minute of CPU time
 def test_the_checklist_runs_on_the_cpu_and_leaves_at_most_eight_files(kit, tiny_model_dir, tmp_path):
     out, wheels = tmp_path / "out", tmp_path / "no_wheels"
     wheels.mkdir()

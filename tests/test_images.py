@@ -177,3 +177,33 @@ def test_to_numpy_warns_about_a_tensor_in_zero_one():
         to_numpy(torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"or an RGBA image \(drop the alpha channel"):
         to_numpy(torch.zeros(1, 4, 8, 8))
+
+
+def test_to_model_range_is_the_inverse_of_to_numpy():
+    pixels = torch.tensor([0, 64, 128, 191, 255], dtype=torch.uint8).reshape(1, 1, 1, 5).expand(1, 3, 1, 5)
+    x = images.to_model_range(pixels)                                       # [1, 3, 1, 5] float32
+    assert x.dtype == torch.float32 and x.min() == -1 and x.max() == 1
+    assert np.array_equal(images.to_numpy(x)[0].transpose(2, 0, 1), pixels[0].numpy())   # back to the same pixels
+    with pytest.raises(TypeError, match="expected a uint8 tensor .* got torch.float32"):
+        images.to_model_range(x)
+    with pytest.raises(TypeError, match="got ndarray"):
+        images.to_model_range(pixels.numpy())
+
+
+def test_as_picture_takes_one_tensor_or_an_hwc_array():
+    tensor = torch.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8)
+    arr = images.as_picture(tensor)
+    assert arr.shape == (8, 8, 3) and arr.dtype == np.uint8
+    assert np.array_equal(images.as_picture(tensor[None]), arr)
+    assert images.as_picture(arr, uint8=True) is not None and images.as_picture(arr / 255.0).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="a batch of 2 images; pass one"):
+        images.as_picture(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"image must be an \[H, W, 3\] uint8 array .* got shape \(8, 8, 3\) float64"):
+        images.as_picture(arr / 255.0, uint8=True)
+    with pytest.raises(ValueError, match=r"got shape \(3, 8, 8\)"):
+        images.as_picture(arr.transpose(2, 0, 1))
+
+
+def test_an_empty_batch_is_refused_with_a_message():
+    with pytest.raises(ValueError, match=r"shape \(0, 3, 8, 8\): no images"):
+        images.to_numpy(torch.zeros(0, 3, 8, 8))

@@ -7,7 +7,8 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 from PIL import Image
 
 from sdlearn import latents as L
-from sdlearn import models, train
+from sdlearn import models
+from sdlearn.text import encode
 
 
 def _randn(*shape, seed=0, dtype=torch.float32):
@@ -172,7 +173,7 @@ def test_interpolate_embeddings_refuses_bad_input():
 
 
 def _text(components, prompts):
-    return train.encode_prompts(components.tokenizer, components.text_encoder, prompts)
+    return encode(components.tokenizer, components.text_encoder, prompts)
 
 
 def _start(components, batch=1, seed=0):
@@ -288,9 +289,9 @@ def test_animation_png_is_an_animated_png_of_every_frame():
 
 
 def test_animation_png_refuses_bad_input():
-    with pytest.raises(ValueError, match=r"expected images \[n, 3, H, W\]"):
-        L.animation_png(torch.zeros(3, 8, 8))
-    with pytest.raises(ValueError, match=r"expected images \[n, 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"4 channels: latents \[B, 4, h, w\] \(decode them with the VAE first\)"):
+        L.animation_png(torch.zeros(2, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"no images. Pass at least one"):
         L.animation_png(torch.zeros(0, 3, 8, 8))
     with pytest.raises(ValueError, match="duration_ms must be an int >= 1"):
         L.animation_png(torch.zeros(2, 3, 8, 8), duration_ms=0)
@@ -346,7 +347,11 @@ def test_explorer_forgets_the_least_recently_used(tiny_components):
     ex.trajectory(0.5, 0.0, 1.0)
     ex.trajectory(0.0, 0.0, 1.0)                                        # a hit: now the most recent
     ex.trajectory(1.0, 0.0, 1.0)                                        # evicts (0.5, 0, 1)
-    assert set(ex._trajectories) == {(0.0, 0.0, 1.0), (1.0, 0.0, 1.0)}
+    assert ex.cache_info() == {"trajectories": 2, "frames": 0, "hits": 1, "misses": 3}
+    ex.trajectory(0.0, 0.0, 1.0)                                        # still cached: a hit
+    assert ex.cache_info()["misses"] == 3
+    ex.trajectory(0.5, 0.0, 1.0)                                        # forgotten: computed again
+    assert ex.cache_info()["misses"] == 4
     ex.frames(0.0, 0.0, 1.0, 0)
     ex.frames(0.0, 0.0, 1.0, 1)
     assert ex.cache_info()["frames"] == 1

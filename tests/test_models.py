@@ -128,6 +128,7 @@ def test_meta_replica_via_load_and_env(monkeypatch):
 @pytest.mark.skipif(
     not REAL_REPLICA, reason="SDLEARN_FAST_TESTS=1: skips building 1.07 B random weights (~25 s)"
 )
+@pytest.mark.slow                       # SD 1.5's 1.07 billion parameters, initialised twice
 def test_real_replica_is_seeded_and_matches_counts():
     from transformers import CLIPTextConfig
 
@@ -309,14 +310,14 @@ def test_hub_id_failing_after_the_index(monkeypatch, tiny_model_dir):
 def test_sd_guidance_scale_is_the_pipelines_default_and_every_default_uses_it():
     import inspect
 
-    from sdlearn import attention, evaluate, latents, sampling
+    from sdlearn import evaluate, latents, sampling
 
     def default(fn):
         return inspect.signature(fn).parameters["guidance_scale"].default
 
     assert models.SD_GUIDANCE_SCALE == default(StableDiffusionPipeline.__call__) == 7.5
     for fn in (sampling.denoise, sampling.text_to_image, sampling.image_to_image, latents.sample_trajectory,
-               attention.measure_localisation, evaluate.prompt_following, evaluate.seconds_per_image,
+               evaluate.measure_localisation, evaluate.prompt_following, evaluate.seconds_per_image,
                evaluate.sampler_table):
         assert default(fn) is models.SD_GUIDANCE_SCALE, fn.__qualname__
     assert evaluate.SWEEP_SCALES[-1] is models.SD_GUIDANCE_SCALE

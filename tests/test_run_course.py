@@ -13,6 +13,7 @@ def run_course(load_script):
     return load_script("benchmarks/run_course.py")
 
 
+@pytest.mark.slow                       # a notebook and the benchmark, end to end, in subprocesses
 def test_runs_a_notebook_and_the_benchmark_and_writes_the_report(run_course, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     bench = f"--device cpu --model {tiny_model_dir} --height 32 --width 32 --steps 2 --warmup 0 --repeats 1"

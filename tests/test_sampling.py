@@ -554,7 +554,7 @@ def bench(load_script):
     return load_script("benchmarks/sampling_speed.py")
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])   # bfloat16: slow on a CPU
 def test_benchmark_script_runs_on_cpu(bench, tiny_model_dir, capsys, dtype):
     """fp32 is the CPU's run; bf16 (which a CPU can run) takes the low-precision branches a GPU's fp16 run takes."""
     timings = bench.main(["--device", "cpu", "--model", str(tiny_model_dir), "--height", "32", "--width", "32",

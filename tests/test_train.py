@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from sdlearn import recipe, train, world
+from sdlearn import images, recipe, text, train, viz, world
 from sdlearn.text import clip_text_features
 from sdlearn.tokenizer import build_tokenizer
 
@@ -100,6 +101,23 @@ def test_cosine_lr():
     assert train.cosine_lr(100, steps=100, warmup=10) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("steps, warmup", [(100, 10), (37, 1), (12, 12)])
+def test_cosine_lr_is_diffusers_schedule_one_step_ahead_during_the_warm_up(steps, warmup):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    library = []
+    for _ in range(steps + 1):
+        library.append(optimizer.param_groups[0]["lr"])                 # the multiplier at this step (lr 1)
+        optimizer.step()
+        schedule.step()
+    for step in range(steps):
+        expected = library[step + 1] if step < warmup else library[step]
+        assert train.cosine_lr(step, steps=steps, warmup=warmup) == pytest.approx(expected, abs=1e-12), step
+    assert library[0] == 0 and train.cosine_lr(0, steps=steps, warmup=warmup) == 1 / warmup   # the one difference
+
+
 @pytest.mark.parametrize("steps", [0, "10", 2.5, True])
 def test_fit_rejects_steps_that_are_not_a_positive_int(steps):
     with pytest.raises(ValueError, match=r"steps must be an int >= 1 .*got " + repr(steps).replace("'", ".")):
@@ -189,7 +207,7 @@ def test_text_encoder_from_clip_equals_clip_text_tower(tmp_path):
     torch.manual_seed(0)
     clip = CLIPModel(recipe.clip_config(r, tok)).eval()
     text_encoder = recipe.text_encoder_from_clip(clip)
-    ids = train.tokenize(tok, ["a red circle on the left", ""])
+    ids = text.tokenize(tok, ["a red circle on the left", ""])
     torch.testing.assert_close(text_encoder(ids).last_hidden_state, clip.text_model(ids).last_hidden_state)
 
 
@@ -211,8 +229,8 @@ def test_clip_pooled_output_does_not_depend_on_padding(tmp_path):
     torch.manual_seed(0)
     clip = CLIPModel(recipe.clip_config(r, tok)).eval()
     captions = ["a red circle", "a big blue square at the top and a small green triangle at the bottom"]
-    short = train.tokenize(tok, captions, padding="longest")
-    full = train.tokenize(tok, captions)
+    short = text.tokenize(tok, captions, padding="longest")
+    full = text.tokenize(tok, captions)
     assert short.shape[1] < full.shape[1] == 77
     with torch.no_grad():
         torch.testing.assert_close(clip_text_features(clip, short), clip_text_features(clip, full))
@@ -274,33 +292,33 @@ def test_captions_for_covers_every_draw_and_nothing_outside_the_world():
 
 
 def test_moving_average():
-    np.testing.assert_allclose(train.moving_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
-    np.testing.assert_allclose(train.moving_average([2, 4, 6], 10), [2, 3, 4])  # fewer at the start
-    np.testing.assert_allclose(train.moving_average([5.0], 1), [5.0])
+    np.testing.assert_allclose(viz.moving_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(viz.moving_average([2, 4, 6], 10), [2, 3, 4])  # fewer at the start
+    np.testing.assert_allclose(viz.moving_average([5.0], 1), [5.0])
     with pytest.raises(ValueError, match="window must be an int >= 1"):
-        train.moving_average([1, 2], 0)
+        viz.moving_average([1, 2], 0)
 
 
 def test_loss_curve_draws_the_losses_and_their_average():
     losses = [1.0, 0.5, 0.4, 0.3]
-    fig = train.loss_curve(losses, window=2, steps=10, title="run")
+    fig = viz.loss_curve(losses, window=2, steps=10, title="run")
     ax = fig.axes[0]
     raw, mean = ax.get_lines()
     np.testing.assert_allclose(raw.get_ydata(), losses)
-    np.testing.assert_allclose(mean.get_ydata(), train.moving_average(losses, 2))
+    np.testing.assert_allclose(mean.get_ydata(), viz.moving_average(losses, 2))
     np.testing.assert_allclose(raw.get_xdata(), [1, 2, 3, 4])
     assert ax.get_xlim() == (0.0, 10.0) and ax.get_yscale() == "log" and ax.get_title() == "run"
-    assert train.loss_curve([0.5, -0.1], window=1).axes[0].get_yscale() == "linear"  # a log axis cannot show <= 0
-    assert train.loss_curve([]).axes[0].get_lines() == []  # the empty curve a notebook displays first
+    assert viz.loss_curve([0.5, -0.1], window=1).axes[0].get_yscale() == "linear"  # a log axis cannot show <= 0
+    assert viz.loss_curve([]).axes[0].get_lines() == []  # the empty curve a notebook displays first
 
 
 def test_live_loss_redraws_every_n_steps_and_at_the_end():
     shown = []
-    live = train.LiveLoss(shown.append, steps=10, every=4, window=3)
+    live = viz.LiveLoss(shown.append, steps=10, every=4, window=3)
     _, res = train.fit(Quadratic(), quadratic_loss, steps=10, lr=0.1, warmup=1, callback=live, progress=False)
     assert live.losses == pytest.approx(res.losses)
     assert [len(fig.axes[0].get_lines()[0].get_ydata()) for fig in shown] == [4, 8, 10]
-    quiet = train.LiveLoss(None, steps=3)
+    quiet = viz.LiveLoss(None, steps=3)
     for step in range(3):
         quiet(step, 1.0 / (step + 1))
     assert quiet.losses == [1.0, 0.5, pytest.approx(1 / 3)]
@@ -311,7 +329,7 @@ def test_live_loss_rejects_bad_settings(name):
     kwargs = dict(steps=10, every=2, window=5)
     kwargs[name] = 0
     with pytest.raises(ValueError, match=f"{name} must be an int >= 1"):
-        train.LiveLoss(None, **kwargs)
+        viz.LiveLoss(None, **kwargs)
 
 
 def test_encode_pool_returns_the_posterior_in_float32_whatever_the_vae_dtype():
@@ -321,7 +339,7 @@ def test_encode_pool_returns_the_posterior_in_float32_whatever_the_vae_dtype():
     data = train.render_pool(0, 5, resolution=16)
     mean, std = train.encode_pool(vae, data, batch_size=2)
     with torch.no_grad():
-        dist = vae.encode(train.to_model_range(data.images)).latent_dist
+        dist = vae.encode(images.to_model_range(data.images)).latent_dist
     torch.testing.assert_close(mean, dist.mean)
     torch.testing.assert_close(std, dist.std)
     # a half-precision VAE (float16 on a GPU; bfloat16 here, which CPUs support) gets its own dtype in,
@@ -340,6 +358,31 @@ def test_ema_update_is_the_moving_average_formula():
     train.ema_update(ema, model, decay=0.9)
     torch.testing.assert_close(ema.w.detach(), 0.9 * torch.tensor([1.0, 2.0, 3.0]) + 0.1 * torch.tensor([3.0, 2.0, -1.0]))
     torch.testing.assert_close(model.w.detach(), torch.tensor([3.0, 2.0, -1.0]))  # the model itself is untouched
+
+
+def test_fits_ema_is_diffusers_emamodel_from_the_second_step():
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ours = copy.deepcopy(model)
+    library = EMAModel(model.parameters(), decay=0.99)
+    theirs = copy.deepcopy(model)
+    for step in range(12):                                              # the weights move; both averages follow
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        library.step(model.parameters())
+        if step == 0:
+            assert library.get_decay(1) == 0.0                          # EMAModel copies at its first step
+            train.ema_update(ours, model, decay=0.0)
+        else:
+            assert library.get_decay(step + 1) == pytest.approx(train.ema_decay_at(step, 0.99), abs=1e-12)
+            train.ema_update(ours, model, decay=train.ema_decay_at(step, 0.99))
+        library.copy_to(theirs.parameters())
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert train.ema_decay_at(0, 0.99) == 0.1 and train.ema_decay_at(10**6, 0.99) == 0.99
 
 
 # --------------------------------------------------------------------------------------
@@ -384,7 +427,7 @@ def test_recipe_exports_a_folder_plain_diffusers_loads(miniature_build):
     # the fold keeps the latents the U-Net was trained on: the pool re-encoded, scaled, has unit variance
     data = train.render_pool(0, 64)
     with torch.no_grad():
-        scaled = pipe.vae.encode(train.to_model_range(data.images)).latent_dist.mean * 0.18215
+        scaled = pipe.vae.encode(images.to_model_range(data.images)).latent_dist.mean * 0.18215
     measured = json.loads((out / "recipe.json").read_text())["measured_scaling_factor"]
     assert float(scaled.std()) == pytest.approx(1.0, rel=0.05) and measured != 0.18215
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),

@@ -236,6 +236,7 @@ def test_loading_in_float16_still_works():
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
 
 
+@pytest.mark.slow                       # a fresh interpreter imports torch and diffusers again
 def test_the_model_cards_snippet_runs_as_written_in_a_fresh_interpreter():
     card = (models.BUNDLED_MODEL_DIR / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
