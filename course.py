@@ -9,6 +9,11 @@ For authors and teachers who change a notebook:
 
     python3 course.py execute notebooks/02_vae.ipynb ...   # Restart & Run All, saved in place
 
+For readers and teachers:
+
+    python3 course.py site       # the course as a website, from the stored outputs, in _build/site/
+    python3 course.py slides     # reveal.js decks of TEACHING.md's 2-hour class, in _build/slides/
+
 For learners:
 
     python3 course.py progress   # every notebook's exercises, and which you have done
@@ -296,7 +301,7 @@ def parallel_args(extra: list[str], env: dict[str, str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"lab", "test", "setup", "execute", "progress"}:
+    if not argv or argv[0] not in {"lab", "test", "setup", "execute", "progress", "site", "slides"}:
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
@@ -309,6 +314,9 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(py), "-m", "sdlearn.exercises"], env=env_for(py), cwd=ROOT)
     if command == "lab":
         return lab(py, extra)
+    if command in ("site", "slides"):                 # site/build.py, site/slides.py: their --help says more
+        return subprocess.call([str(py), str(ROOT / "site" / f"{'build' if command == 'site' else 'slides'}.py"),
+                                *extra], env=env_for(py), cwd=ROOT)
     quick = "--quick" in extra
     if quick:
         extra = [a for a in extra if a != "--quick"] + ["-m", "not slow"]

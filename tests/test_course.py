@@ -130,6 +130,17 @@ def test_execute_reruns_notebooks_on_the_bundled_model_and_cpu(course, monkeypat
     assert "SDLEARN_MODEL" not in env and env["SDLEARN_DEVICE"] == "cpu"
 
 
+@pytest.mark.parametrize("command, script", [("site", "site/build.py"), ("slides", "site/slides.py")])
+def test_site_and_slides_run_their_builders_in_the_courses_environment(course, monkeypatch, tmp_path, command, script):
+    calls = []
+    monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
+    monkeypatch.setattr(course.subprocess, "call", lambda args, **kw: calls.append(args) or 0)
+    assert course.main([command, "--out", "x"]) == 0
+    (args,) = calls
+    assert args == [str(tmp_path / "python"), str(course.ROOT / script), "--out", "x"]
+    assert (course.ROOT / script).is_file()
+
+
 def test_execute_without_notebooks_says_how(course, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")
     assert course.main(["execute"]) == 2

@@ -33,7 +33,8 @@ def conda_requirements() -> dict[str, str]:
         if line.startswith("dependencies:"):
             in_deps = True
             continue
-        m = re.match(r"^  - ([^:]+)$", line) if in_deps else None
+        # conda-forge packages, and the pip section's packages (those conda-forge does not have)
+        m = re.match(r"^(?:  |      )- ([^:#\s-][^:#]*?)\s*(?:#.*)?$", line) if in_deps else None
         if m:
             name, spec = _split(m.group(1))
             if name not in {"python", "pip"}:
