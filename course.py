@@ -314,9 +314,8 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(py), "-m", "sdlearn.exercises"], env=env_for(py), cwd=ROOT)
     if command == "lab":
         return lab(py, extra)
-    if command in ("site", "slides"):                 # site/build.py, site/slides.py: their --help says more
-        return subprocess.call([str(py), str(ROOT / "site" / f"{'build' if command == 'site' else 'slides'}.py"),
-                                *extra], env=env_for(py), cwd=ROOT)
+    if command in ("site", "slides"):                 # site/make_site.py, site/make_slides.py: --help says more
+        return subprocess.call([str(py), str(ROOT / "site" / f"make_{command}.py"), *extra], env=env_for(py), cwd=ROOT)
     quick = "--quick" in extra
     if quick:
         extra = [a for a in extra if a != "--quick"] + ["-m", "not slow"]

@@ -1,4 +1,4 @@
-"""Sphinx configuration of the course's website (``python3 course.py site``; see site/build.py)."""
+"""Sphinx configuration of the course's website (``python3 course.py site``; see site/make_site.py)."""
 
 import sys
 from pathlib import Path
@@ -16,7 +16,7 @@ root_doc = "index"
 # the notebooks' stored outputs, as nbval checks them: nothing is executed to build the site
 nb_execution_mode = "off"
 nb_merge_streams = True
-nb_ipywidgets_js = {}                    # widgets are stills (site/build.py): no widget manager to load
+nb_ipywidgets_js = {}                    # widgets are stills (site/make_site.py): no widget manager to load
 
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 4
@@ -24,7 +24,7 @@ myst_heading_anchors = 4
 
 myst_heading_slug_func = "heading_ids.jupyterlab_heading_id"   # JupyterLab's ids, so notebook links work in both
 
-# MathJax 3 from the site itself (the copy sphinx-mathjax-offline ships, put in _static by site/build.py), with
+# MathJax 3 from the site itself (the copy sphinx-mathjax-offline ships, put in _static by site/make_site.py), with
 # its SVG output: no web fonts to fetch, and the pages need no internet
 mathjax_path = "mathjax/tex-svg.js"
 
@@ -40,4 +40,4 @@ html_theme_options = {
 }
 html_show_sourcelink = False
 html_context = {"default_mode": "light"}      # the theme's light/dark switch starts from a known mode
-html_favicon = "_static/favicon.png"          # drawn by site/build.py (a browser asks for one on every site)
+html_favicon = "_static/favicon.png"          # drawn by site/make_site.py (a browser asks for one on every site)

@@ -64,6 +64,15 @@ def _why_not() -> str | None:
     return None
 
 
+def require_browser(what: str) -> None:
+    """Skip the calling test when Chromium or Playwright is missing; fail instead under SDLEARN_REQUIRE_BROWSER=1."""
+    why = _why_not()
+    if why:
+        if REQUIRED:
+            pytest.fail(f"SDLEARN_REQUIRE_BROWSER=1 but {what} cannot run: {why}")
+        pytest.skip(why)
+
+
 def _needed_cell_indices() -> list[int]:
     cells = json.loads((ROOT / NOTEBOOK).read_text(encoding="utf-8"))["cells"]
     indices = []
@@ -156,11 +165,7 @@ def _run_cell(page, cell, index: int) -> None:
 
 @pytest.mark.slow
 def test_moving_a_slider_redraws_the_picture_in_jupyterlab(tmp_path):
-    why = _why_not()
-    if why:
-        if REQUIRED:
-            pytest.fail(f"SDLEARN_REQUIRE_BROWSER=1 but the browser test cannot run: {why}")
-        pytest.skip(why)
+    require_browser("the browser test")
     from playwright.sync_api import sync_playwright
 
     indices = _needed_cell_indices()

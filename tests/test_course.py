@@ -130,7 +130,7 @@ def test_execute_reruns_notebooks_on_the_bundled_model_and_cpu(course, monkeypat
     assert "SDLEARN_MODEL" not in env and env["SDLEARN_DEVICE"] == "cpu"
 
 
-@pytest.mark.parametrize("command, script", [("site", "site/build.py"), ("slides", "site/slides.py")])
+@pytest.mark.parametrize("command, script", [("site", "site/make_site.py"), ("slides", "site/make_slides.py")])
 def test_site_and_slides_run_their_builders_in_the_courses_environment(course, monkeypatch, tmp_path, command, script):
     calls = []
     monkeypatch.setattr(course, "setup", lambda: tmp_path / "python")

@@ -1,4 +1,4 @@
-"""The course's website (site/build.py, ``python3 course.py site``): built from the stored outputs, then
+"""The course's website (site/make_site.py, ``python3 course.py site``): built from the stored outputs, then
 opened page by page in headless Chromium: no console error, every image loaded, no broken internal link,
 search finds the course's words."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import html
-import importlib.util
 import json
 import re
 import threading
@@ -16,23 +15,21 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, REQUIRED, _why_not
+from test_browser import CHROMIUM, CHROMIUM_FLAGS, require_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def _builder():
-    spec = importlib.util.spec_from_file_location("site_build", ROOT / "site" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def builder(load_script):
+    return load_script("site/make_site.py")
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def site(builder, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("site")
-    return _builder().build(work / "site", src=work / "site-src")
+    return builder.build(work / "site", src=work / "site-src")
 
 
 def pages(site: Path) -> list[Path]:
@@ -50,8 +47,7 @@ def test_every_notebook_has_a_page_and_the_home_page_links_them(site):
 
 
 @pytest.mark.slow                       # builds the site (or the decks): about 20 s
-def test_solutions_are_collapsed_and_widgets_are_stills(site):
-    builder = _builder()
+def test_solutions_are_collapsed_and_widgets_are_stills(site, builder):
     for notebook in NOTEBOOKS:
         nb = json.loads(notebook.read_text())
         solutions = sum("".join(c["source"]).lstrip().startswith("# Solution") for c in nb["cells"] if c["cell_type"] == "code")
@@ -67,8 +63,7 @@ def test_solutions_are_collapsed_and_widgets_are_stills(site):
     assert len(stills) == 1 and len(stills[0]["data"]["image/png"]) > 1000
 
 
-def test_a_widget_without_pictures_becomes_the_note_and_images_are_found_in_nested_boxes():
-    builder = _builder()
+def test_a_widget_without_pictures_becomes_the_note_and_images_are_found_in_nested_boxes(builder):
     state = {"box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_img"]}},
              "slider": {"model_name": "FloatSliderModel", "state": {}},
              "img": {"model_name": "ImageModel", "state": {"format": "png"},
@@ -95,11 +90,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 @pytest.mark.slow
 def test_every_page_opens_in_a_browser_without_errors_broken_images_or_broken_links(site):
-    why = _why_not()
-    if why:
-        if REQUIRED:
-            pytest.fail(f"SDLEARN_REQUIRE_BROWSER=1 but the site's browser test cannot run: {why}")
-        pytest.skip(why)
+    require_browser("the site's browser test")
     from playwright.sync_api import sync_playwright
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
@@ -153,16 +144,9 @@ def test_every_page_opens_in_a_browser_without_errors_broken_images_or_broken_li
 # ---- the slides ---------------------------------------------------------------------------------------------------
 
 
-def _slides():
-    spec = importlib.util.spec_from_file_location("site_slides", ROOT / "site" / "slides.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow                       # builds the site (or the decks): about 20 s
-def test_slides_of_the_two_hour_class_are_built_a_slide_per_section(tmp_path):
-    slides = _slides()
+def test_slides_of_the_two_hour_class_are_built_a_slide_per_section(load_script, tmp_path):
+    slides = load_script("site/make_slides.py")
     path = slides.class_path()
     teaching = (ROOT / "TEACHING.md").read_text().split("## A 2-hour class", 1)[1].split("\n## ", 1)[0]
     assert path[0] == "00_start_here" and all(f"notebooks/{name}.ipynb" in teaching for name in path)

@@ -18,7 +18,6 @@ The sources are prepared in ``_build/site-src`` (git-ignored) from copies of the
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import shutil
 import subprocess

@@ -3,7 +3,7 @@
 One deck per notebook of that path, made with nbconvert's slides exporter from the notebook's stored
 outputs: every ``##`` section starts a slide and every ``###`` subsection a sub-slide (reveal.js's
 down arrow); code and outputs stay on their section's slide; exercises' solutions are left out, and
-widgets are stills, as on the website (site/build.py). Decks go to ``_build/slides/NN_name.slides.html``;
+widgets are stills, as on the website (site/make_site.py). Decks go to ``_build/slides/NN_name.slides.html``;
 they load reveal.js from its CDN (nbconvert's default), so presenting them needs internet, or a local
 reveal.js passed with ``--reveal-prefix``.
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _site_build():
-    spec = importlib.util.spec_from_file_location("site_build", Path(__file__).with_name("build.py"))
+def _make_site():
+    """site/make_site.py, beside this script (whether run as a script or imported by its path)."""
+    spec = importlib.util.spec_from_file_location("make_site", Path(__file__).with_name("make_site.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,7 +37,7 @@ def class_path() -> list[str]:
 
 def slide_notebook(nb: dict) -> dict:
     """A copy of ``nb`` with reveal.js's slide types set: ## a slide, ### a sub-slide, solutions skipped."""
-    nb = _site_build().prepare_notebook(nb)
+    nb = _make_site().prepare_notebook(nb)
     for i, cell in enumerate(nb["cells"]):
         source = "".join(cell["source"]).lstrip()
         if cell["cell_type"] == "markdown" and (i == 0 or source.startswith("## ")):
