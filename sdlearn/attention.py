@@ -426,6 +426,63 @@ def memory_bound(layers: Iterable[AttentionLayer], *, steps: int, batch: int = 1
     return 4 * batch * (tokens * per_layer + steps * tokens * per_step + per_self)
 
 
+def call_processor(processor, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
+    """Hand an attention call to ``processor`` (a layer's own), as diffusers' ``Attention.forward`` calls it."""
+    extra = dict(kwargs)
+    if temb is not None:
+        extra["temb"] = temb
+    return processor(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                     attention_mask=attention_mask, **extra)
+
+
+def project_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                attention_mask: torch.Tensor | None, temb: torch.Tensor | None):
+    """diffusers' ``AttnProcessor`` up to the attention scores: ``(query, key, value, attention_mask, context)``.
+
+    ``query`` ``[B*heads, N, d_head]``, ``key``/``value`` ``[B*heads, M, d_head]`` (self-attention: ``M = N``); the
+    mask prepared for the scores; ``context`` what :func:`finish_attention` needs to finish the layer.
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    shape = hidden_states.shape
+    if input_ndim == 4:
+        batch_size, channel, height, width = shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    batch_size, sequence_length, _ = (
+        hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    )
+    attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)                                      # [B, N, inner]
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)                                # [B, M, inner]
+    value = attn.to_v(encoder_hidden_states)                              # [B, M, inner]
+    query = attn.head_to_batch_dim(query)                                 # [B*heads, N, d_head]
+    key = attn.head_to_batch_dim(key)                                     # [B*heads, M, d_head]
+    value = attn.head_to_batch_dim(value)                                 # [B*heads, M, d_head]
+    return query, key, value, attention_mask, (residual, input_ndim, shape)
+
+
+def finish_attention(attn, hidden_states: torch.Tensor, context) -> torch.Tensor:
+    """The rest of diffusers' ``AttnProcessor`` after ``A V`` (``hidden_states`` ``[B*heads, N, d_head]``): heads
+    merged, the output projection, the input's shape, the residual and the rescaling."""
+    residual, input_ndim, shape = context
+    hidden_states = attn.batch_to_head_dim(hidden_states)                 # [B, N, inner]
+    hidden_states = attn.to_out[0](hidden_states)                         # linear projection
+    hidden_states = attn.to_out[1](hidden_states)                         # dropout
+    if input_ndim == 4:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(*shape)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
 class StoreAttnProcessor:
     """An attention processor that computes attention exactly as diffusers' ``AttnProcessor`` does and hands the
     probabilities, averaged over heads, to an :class:`AttentionStore`.
@@ -443,11 +500,7 @@ class StoreAttnProcessor:
         self.slice_size = original.slice_size if sliced is not None and isinstance(original, sliced) else None
 
     def _delegate(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
-        extra = dict(kwargs)
-        if temb is not None:
-            extra["temb"] = temb
-        return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                             attention_mask=attention_mask, **extra)
+        return call_processor(self.original, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -460,30 +513,8 @@ class StoreAttnProcessor:
             return self._delegate(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
 
         # From here on, diffusers' AttnProcessor line by line (SlicedAttnProcessor's loop when slicing).
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)                                      # [B, N, inner]
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)                                # [B, M, inner]
-        value = attn.to_v(encoder_hidden_states)                              # [B, M, inner]
-        query = attn.head_to_batch_dim(query)                                 # [B*heads, N, d_head]
-        key = attn.head_to_batch_dim(key)                                     # [B*heads, M, d_head]
-        value = attn.head_to_batch_dim(value)                                 # [B*heads, M, d_head]
-
+        query, key, value, attention_mask, context = project_qkv(attn, hidden_states, encoder_hidden_states,
+                                                                 attention_mask, temb)
         heads = attn.heads
         batch = query.shape[0] // heads
         first = self.store.kept_rows(batch) * heads                           # rows of the kept samples
@@ -504,14 +535,7 @@ class StoreAttnProcessor:
                 lo = max(start, first)
                 if lo < min(end, query.shape[0]):
                     kept[lo - first:end - first] = probs_slice[lo - start:]
-        hidden_states = attn.batch_to_head_dim(hidden_states)                 # [B, N, inner]
-        hidden_states = attn.to_out[0](hidden_states)                         # linear projection
-        hidden_states = attn.to_out[1](hidden_states)                         # dropout
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        hidden_states = hidden_states / attn.rescale_output_factor
+        hidden_states = finish_attention(attn, hidden_states, context)
 
         n = kept.shape[0] // heads
         self.store.record(self.name, kind, heads, kept.view(n, heads, *kept.shape[1:]).mean(dim=1))

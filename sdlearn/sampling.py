@@ -513,7 +513,7 @@ def decode_latents(vae, latents: torch.Tensor, *, upcast: bool | None = None) ->
 # --------------------------------------------------------------------------------------
 
 
-def _start(components, prompt, scheduler, num_inference_steps, guidance_scale) -> tuple[list[str], object, bool]:
+def begin(components, prompt, scheduler, num_inference_steps, guidance_scale) -> tuple[list[str], object, bool]:
     """The checks both loops begin with: ``(prompts, a fresh scheduler, whether guidance runs)``.
 
     Guidance runs, as in diffusers, for a scale above 1, and always for a list of per-image scales;
@@ -582,7 +582,7 @@ def text_to_image(
     for ``record``, ``callback`` and ``progress``, :func:`decode_latents` for ``upcast_vae``;
     ``decode=False`` skips step 6. Returns a :class:`SamplingResult`.
     """
-    prompts, scheduler, do_classifier_free_guidance = _start(components, prompt, scheduler, num_inference_steps,
+    prompts, scheduler, do_classifier_free_guidance = begin(components, prompt, scheduler, num_inference_steps,
                                                              guidance_scale)
     batch_size = len(prompts)
     unet, vae = components.unet, components.vae
@@ -688,7 +688,7 @@ def image_to_image(
     first timestep that ``strength`` picks (:func:`get_timesteps`), and the rest of the loop
     runs from there. Other arguments as in :func:`text_to_image`.
     """
-    prompts, scheduler, do_classifier_free_guidance = _start(components, prompt, scheduler, num_inference_steps,
+    prompts, scheduler, do_classifier_free_guidance = begin(components, prompt, scheduler, num_inference_steps,
                                                              guidance_scale)
     batch_size = len(prompts)
     unet, vae = components.unet, components.vae

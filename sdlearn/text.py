@@ -26,6 +26,7 @@ return the tensor itself. The ``clip_*_features`` wrappers return the tensor eit
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,53 @@ def encode(tokenizer, text_encoder, prompts: str | Sequence[str], *, batch_size:
     if not embeds:
         raise ValueError("prompts is empty: pass at least one prompt, e.g. [''] for the empty prompt.")
     return embeds[0] if len(embeds) == 1 else torch.cat(embeds)                              # [B, L, d]
+
+
+_WEIGHTED = re.compile(r"\(([^():]+):\s*([-+]?[0-9]*\.?[0-9]+)\s*\)")
+
+
+def parse_weighted_prompt(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """``"a (red:1.5) circle"`` -> ``("a red circle", [("a", 1.0), ("red", 1.5), ("circle", 1.0)])``.
+
+    The emphasis syntax of the popular web UIs: ``(words:w)`` gives each of ``words`` the weight ``w``;
+    every other word weighs 1. Returns the plain prompt and each of its words with its weight.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}.")
+    words: list[tuple[str, float]] = []
+    pos = 0
+    for m in _WEIGHTED.finditer(prompt):
+        words += [(w, 1.0) for w in prompt[pos:m.start()].split()]
+        words += [(w, float(m.group(2))) for w in m.group(1).split()]
+        pos = m.end()
+    rest = prompt[pos:]
+    words += [(w, 1.0) for w in rest.split()]
+    if any(ch in w for w, _ in words for ch in "():"):
+        raise ValueError(f"could not read the weights in {prompt!r}: write emphasis as (word:1.3) or "
+                         "(several words:0.8), a number after the colon, and no other brackets.")
+    return " ".join(w for w, _ in words), words
+
+
+def encode_weighted(tokenizer, text_encoder, prompt: str, *, device: str | torch.device | None = None,
+                    keep_mean: bool = True) -> torch.Tensor:
+    """A prompt with per-word emphasis -> text embeddings ``[1, L, d]`` (:func:`parse_weighted_prompt`'s syntax).
+
+    The plain prompt goes through :func:`encode`; then each token's embedding is multiplied by its word's
+    weight, ``z_i <- w_i z_i``, and with ``keep_mean`` the whole is rescaled so its mean is the plain one's,
+    ``z <- z * mean(z_plain) / mean(z)``, as the popular web UIs do. Pass the result to the pipeline as
+    ``prompt_embeds``.
+    """
+    from sdlearn.attention import word_positions
+
+    plain, words = parse_weighted_prompt(prompt)
+    embeds = encode(tokenizer, text_encoder, [plain], device=device)                      # [1, L, d]
+    weights = torch.ones(embeds.shape[1], dtype=embeds.dtype, device=embeds.device)        # [L]
+    for (_, weight), (_, positions) in zip(words, word_positions(tokenizer, plain)):
+        weights[positions] = weight
+    weighted = embeds * weights[None, :, None]
+    if keep_mean:
+        weighted = weighted * (embeds.mean() / weighted.mean())
+    return weighted
 
 
 def token_table(tokenizer, input_ids: torch.Tensor | Sequence[int], *, max_rows: int = 12) -> str:

@@ -10,6 +10,7 @@ index always give the same image and caption, on any machine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 84, 216),
     "yellow": (238, 196, 24),
     "purple": (132, 52, 184),
+}
+#: Colours the bundled model never saw (notebook 10 teaches it one). Not in :data:`COLOURS`, so the world's
+#: captions, vocabulary and scenes stay what the model was trained on; :func:`render` draws them, and
+#: :func:`analyse` / :func:`judge` tell them apart when given :func:`palette` ``(with_new=True)``.
+#: Orange sits between red and yellow: 95 from red and 80 from yellow in RGB (the palette's own closest
+#: pair, blue and purple, is 103 apart), and over 200 from any background :func:`sample_scene` draws.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {
+    "orange": (246, 120, 0),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 #: Half the object's width, as a fraction of the image side (64 px: 7 and 13 px).
@@ -127,6 +136,23 @@ def _draw(draw: ImageDraw.ImageDraw, obj: Obj, scale: float, fill) -> None:
         draw.polygon(poly, fill=fill)
 
 
+def palette(*, with_new: bool = False) -> dict[str, tuple[int, int, int]]:
+    """The colours the judge chooses from: :data:`COLOURS`, plus :data:`NEW_COLOURS` when ``with_new``.
+
+    Pass ``palette(with_new=True)`` as ``colours=`` to :func:`analyse` / :func:`judge` to judge images of
+    a new colour: with the five colours alone an orange blob would be read as red or yellow.
+    """
+    return {**COLOURS, **NEW_COLOURS} if with_new else dict(COLOURS)
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    known = palette(with_new=True)
+    if colour not in known:
+        raise ValueError(f"unknown colour {colour!r}; the world draws {', '.join(map(repr, known))} "
+                         "(add a new one to NEW_COLOURS).")
+    return known[colour]
+
+
 def render(scene: Scene, *, resolution: int = 64, supersample: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Draw a scene. Returns ``image`` [H, W, 3] uint8 and ``masks`` [n_objects, H, W] bool.
 
@@ -143,7 +169,7 @@ def render(scene: Scene, *, resolution: int = 64, supersample: int = 4) -> tuple
         cover = Image.new("L", (big, big), 0)
         _draw(ImageDraw.Draw(cover), obj, big, 255)
         alpha = np.asarray(cover.resize((resolution, resolution), Image.Resampling.BOX), dtype=np.float32) / 255
-        colour = np.array(COLOURS[obj.colour], dtype=np.float32)
+        colour = np.array(_rgb(obj.colour), dtype=np.float32)
         image = image * (1 - alpha[..., None]) + colour * alpha[..., None]
         masks.append(alpha >= 0.5)
     return np.round(image).astype(np.uint8), np.stack(masks)
@@ -263,6 +289,88 @@ def batch(seed: int, start: int, count: int, **kwargs) -> list[Sample]:
 
 
 # --------------------------------------------------------------------------------------
+# A new concept: scenes of a colour the model never saw, captioned with a word for it.
+# --------------------------------------------------------------------------------------
+
+
+def _check_new_colour(colour: str) -> None:
+    if colour not in NEW_COLOURS:
+        raise ValueError(f"colour must be one of NEW_COLOURS ({', '.join(map(repr, NEW_COLOURS))}), got {colour!r}; "
+                         "the five trained colours are drawn by sample_scene.")
+
+
+def sample_concept_scene(rng: np.random.Generator, *, colour: str = "orange") -> Scene:
+    """One object of the new ``colour`` (any shape, size and position), on a background drawn as
+    :func:`sample_scene` draws it, with the same jitter as its one-object scenes."""
+    _check_new_colour(colour)
+    base = rng.uniform(218, 246)
+    background = tuple(int(np.clip(base + rng.uniform(-8, 8), 0, 255)) for _ in range(3))
+    gradient = (float(rng.uniform(-6, 6)), float(rng.uniform(-6, 6)))
+    position = str(rng.choice(list(POSITIONS)))
+    return Scene(background, (_make_obj(rng, position, jitter=4 / 64, colour=colour),), gradient)
+
+
+def concept_caption(scene: Scene, rng: np.random.Generator | None = None, *, word: str, full: bool = False,
+                    drop_prob: float = 0.5, full_prob: float = 0.4) -> tuple[str, list[dict[str, str]]]:
+    """A caption of a one-object concept scene that names its colour with ``word``, and what it names.
+
+    "a big <orange> circle on the left": the colour is always named (the caption exists to teach
+    ``word``); size and position are each left out with probability ``drop_prob`` unless the
+    caption is full (``full=True``, or with probability ``full_prob``), as in :func:`caption`.
+    ``named`` keeps the colour's own name ("orange"), which is what :func:`judge` reads from pixels.
+    """
+    if len(scene.objects) != 1:
+        raise ValueError(f"concept scenes have one object, this one has {len(scene.objects)}; "
+                         "draw them with sample_concept_scene.")
+    if not isinstance(word, str) or not word.strip() or any(ch.isspace() for ch in word.strip()):
+        raise ValueError(f"word must be one word for the colour (e.g. '<orange>' or 'orange'), got {word!r}.")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    obj = scene.objects[0]
+    full = full or rng.random() < full_prob
+    named = {"colour": obj.colour, "shape": obj.shape}
+    if full or rng.random() >= drop_prob:
+        named["size"] = obj.size
+    if full or rng.random() >= drop_prob:
+        named["position"] = obj.position
+    return _concept_phrase(obj, named, word), [{a: named[a] for a in ATTRIBUTES if a in named}]
+
+
+def _concept_phrase(obj: Obj, named: dict[str, str], word: str) -> str:
+    """:func:`_object_phrase` with ``word`` in place of the colour's name."""
+    words = _object_phrase(obj, named).split()
+    words[words.index(obj.colour)] = word.strip()
+    return " ".join(words)
+
+
+def possible_concept_captions(scene: Scene, *, word: str) -> list[str]:
+    """Every caption :func:`concept_caption` can give ``scene``, sorted (4: size and position named or not)."""
+    obj = scene.objects[0]
+    captions = set()
+    for with_size in (False, True):
+        for with_position in (False, True):
+            named = {"colour": obj.colour, "shape": obj.shape}
+            if with_size:
+                named["size"] = obj.size
+            if with_position:
+                named["position"] = obj.position
+            captions.add(_concept_phrase(obj, named, word))
+    return sorted(captions)
+
+
+def concept_sample(seed: int, index: int, *, word: str, colour: str = "orange", resolution: int = 64,
+                   full_caption: bool = False) -> Sample:
+    """Item ``index`` of the new colour's scenes with seed ``seed``: deterministic for (seed, index),
+    captioned with ``word`` (:func:`concept_caption`)."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    rng = np.random.default_rng([seed, index, 1])   # a stream of its own: not the world's scene (seed, index)
+    scene = sample_concept_scene(rng, colour=colour)
+    image, masks = render(scene, resolution=resolution)
+    text, named = concept_caption(scene, rng, word=word, full=full_caption)
+    return Sample(image, text, scene, masks, named)
+
+
+# --------------------------------------------------------------------------------------
 # The judge: read attributes back from pixels, with no model.
 # --------------------------------------------------------------------------------------
 
@@ -320,13 +428,25 @@ def classify_shape(fill: float) -> str:
     return "triangle"
 
 
-def analyse(image: np.ndarray, *, min_area: int | None = None, threshold: float = 70.0) -> list[Detection]:
+def _check_colours(colours) -> tuple[list[str], np.ndarray]:
+    if colours is None:
+        colours = COLOURS
+    if not isinstance(colours, Mapping) or not colours or not all(
+            isinstance(k, str) and len(v) == 3 for k, v in colours.items()):
+        raise TypeError(f"colours must be a non-empty mapping from colour names to (R, G, B) in 0-255, got "
+                        f"{colours!r:.80}. Pass e.g. world.palette(with_new=True).")
+    return list(colours), np.array([colours[c] for c in colours], dtype=np.float32)
+
+
+def analyse(image: np.ndarray, *, min_area: int | None = None, threshold: float = 70.0,
+            colours: Mapping[str, tuple[int, int, int]] | None = None) -> list[Detection]:
     """Find the objects in an image of the toy world, largest first.
 
     image: [H, W, 3] uint8. A pixel is foreground when its RGB distance from the
     background (the median of a 2-pixel border) exceeds ``threshold``. Each
     4-connected foreground region of at least ``min_area`` pixels (default: 0.5% of the
-    image) is one object; its colour is the palette colour nearest to its median RGB,
+    image) is one object; its colour is the palette colour nearest to its median RGB (the palette is
+    ``colours``, default :data:`COLOURS`; :func:`palette` ``(with_new=True)`` adds orange),
     its shape comes from how much of its bounding box it fills, its size from its
     bounding box, its position from the nearest anchor to its centroid.
     """
@@ -337,8 +457,7 @@ def analyse(image: np.ndarray, *, min_area: int | None = None, threshold: float 
     min_area = min_area if min_area is not None else max(4, int(0.005 * h * w))
     pixels = image.astype(np.float32)
     distance = np.linalg.norm(pixels - _estimate_background(image), axis=-1)
-    palette_names = list(COLOURS)
-    palette = np.array([COLOURS[c] for c in palette_names], dtype=np.float32)
+    palette_names, palette_rgb = _check_colours(colours)
     size_cut = (SIZES["small"] + SIZES["big"]) * h  # between the two bounding-box widths
     anchors = {p: np.array(xy) for p, (_, xy) in POSITIONS.items()}
     found = []
@@ -350,7 +469,7 @@ def analyse(image: np.ndarray, *, min_area: int | None = None, threshold: float 
         bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
         fill = area / float(bw * bh)
         median = np.median(pixels[comp], axis=0)
-        colour = palette_names[int(np.argmin(np.linalg.norm(palette - median, axis=1)))]
+        colour = palette_names[int(np.argmin(np.linalg.norm(palette_rgb - median, axis=1)))]
         centroid = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
         if classify_shape(fill) == "triangle":  # a triangle's centroid sits 1/3 from its base
             centre_y = (ys.min() + ys.max() + 1) / 2 / h
@@ -387,12 +506,14 @@ def match(detections: list[Detection], named: list[dict[str, str]]) -> list[Dete
     return matched
 
 
-def judge(image: np.ndarray, named: list[dict[str, str]]) -> list[dict[str, bool]]:
+def judge(image: np.ndarray, named: list[dict[str, str]], *,
+          colours: Mapping[str, tuple[int, int, int]] | None = None) -> list[dict[str, bool]]:
     """For each object a prompt describes, which of its named attributes the image gets right.
 
     named: per object, the attributes the prompt names (as returned by :func:`caption`).
-    Each object is compared with the detection :func:`match` picks for it.
+    Each object is compared with the detection :func:`match` picks for it; colours are read with
+    the palette ``colours`` (default :data:`COLOURS`; see :func:`analyse`).
     Returns, per object, ``{attribute: right}``; an object with no detection gets all False.
     """
     return [{a: d is not None and getattr(d, a) == v for a, v in want.items()}
-            for want, d in zip(named, match(analyse(image), named))]
+            for want, d in zip(named, match(analyse(image, colours=colours), named))]
