@@ -73,7 +73,7 @@ from sdlearn import sampling, world
 from sdlearn._checks import check_int, is_number
 from sdlearn.attention import PLAIN_PROCESSORS, AttentionStore, call_processor, finish_attention, project_qkv
 from sdlearn.device import draw_noise
-from sdlearn.evaluate import HELD_OUT_SEED, eval_prompts
+from sdlearn.evaluate import HELD_OUT_SEED, eval_prompts, held_out_noise
 from sdlearn.images import as_picture, to_numpy
 from sdlearn.models import SD_GUIDANCE_SCALE, SDComponents, recommended_guidance_scale
 from sdlearn.vae import vae_scale_factor
@@ -523,7 +523,7 @@ def measure_word_swap(model: Model, *, count: int = 16, seed: int = EDIT_SEED, a
     swaps = word_swaps(count, seed=seed, attribute=attribute, kind=kind)
     for s in swaps:
         check_word_swap(model.tokenizer, s["source"], s["target"])
-    x_t = torch.cat([draw_latents(model, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)])
+    x_t = held_out_noise(model.unet, count, seed=seed)                      # [count, C, h, w], seed + i each
     kw = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
     others = [a for a in world.ATTRIBUTES if a != attribute]
 

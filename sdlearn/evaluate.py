@@ -118,6 +118,18 @@ def clip_zero_shot(clip, tokenizer, *, count: int = 400, seed: int = HELD_OUT_SE
     return accuracy
 
 
+def held_out_noise(unet, count: int, *, seed: int) -> torch.Tensor:
+    """``x_T`` for ``count`` held-out pictures at ``unet``'s latent size, picture ``i`` drawn from
+    ``torch.Generator().manual_seed(seed + i)`` as the pipeline draws it (:func:`sdlearn.device.draw_noise`):
+    ``[count, C, h, w]`` float32 on the CPU. Each picture keeps its noise whatever batch it is drawn in."""
+    from .device import draw_noise
+
+    check_int("count", count, expected="an int >= 1 (pictures)")
+    side = int(unet.config.sample_size)
+    shape = (1, int(unet.config.in_channels), side, side)
+    return torch.cat([draw_noise(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)])
+
+
 def eval_prompts(kind: str, count: int, *, seed: int) -> list[tuple[str, list[dict[str, str]]]]:
     """Held-out prompts with what they name: ``kind`` is "full", "partial" or "two"."""
     if kind not in PROMPT_KINDS:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sdlearn import sampling, world
+from sdlearn import evaluate, sampling, world
 from sdlearn._checks import check_int, is_number
 from sdlearn.images import to_numpy
 from sdlearn.models import SDComponents
@@ -223,20 +223,12 @@ def loss_guided(
 # --------------------------------------------------------------------------------------
 
 
-def held_out_noise(components: SDComponents, count: int, *, seed: int) -> torch.Tensor:
-    """``x_T`` for ``count`` pictures, picture ``i`` drawn from ``torch.Generator().manual_seed(seed + i)``:
-    [count, C, h, w]. Each picture keeps its noise whatever the batch it is drawn in."""
-    side = components.image_size // components.vae_scale_factor
-    shape = (1, int(components.unet.config.in_channels), side, side)
-    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)])
-
-
 def with_and_without(components: SDComponents, prompts: Sequence[str], loss_fn: Loss, *, loss_scale: float,
                      seed: int, num_inference_steps: int = 20, guidance_scale: float = 4.0,
                      every: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same prompts from the same noise (:func:`held_out_noise`) without and with loss guidance:
+    """The same prompts from the same noise (:func:`sdlearn.evaluate.held_out_noise`) without and with loss guidance:
     ``(plain, guided)`` pictures, [B, 3, H, W] in [-1, 1] each."""
-    noise = held_out_noise(components, len(prompts), seed=seed)
+    noise = evaluate.held_out_noise(components.unet, len(prompts), seed=seed)
     runs = [loss_guided(components, list(prompts), loss_fn, loss_scale=scale, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, latents=noise, every=every).images
             for scale in (0.0, loss_scale)]
@@ -262,10 +254,9 @@ def measure_loss_guidance(components: SDComponents, loss_fn: Loss, *, loss_scale
     prompt's shape and position right (``object_plain``, ``object_guided``): guidance should change the
     picture's look, not what it shows.
     """
-    from sdlearn.evaluate import eval_prompts
 
     check_int("count", count, expected="an int >= 1 (prompts to draw)")
-    prompts = eval_prompts("full", count, seed=seed)
+    prompts = evaluate.eval_prompts("full", count, seed=seed)
     plain, guided = with_and_without(components, [p for p, _ in prompts], loss_fn, loss_scale=loss_scale, seed=seed,
                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                      every=every)
@@ -278,6 +269,18 @@ def measure_loss_guidance(components: SDComponents, loss_fn: Loss, *, loss_scale
             "object_guided": share_right(guided, named, ("shape", "position"))}
 
 
+def _uncoloured_prompts(count: int, seed: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Held-out one-object prompts that name size, shape and position but no colour, and the objects' named
+    attributes."""
+
+    prompts, objects = [], []
+    for _, want in evaluate.eval_prompts("full", count, seed=seed):
+        obj = {a: v for a, v in want[0].items() if a != "colour"}
+        prompts.append(f"a {obj['size']} {obj['shape']} {world.POSITIONS[obj['position']][0]}")
+        objects.append(obj)
+    return prompts, objects
+
+
 def measure_clip_guidance(components: SDComponents, clip, *, colour: str = "blue", loss_scale: float,
                           count: int = 16, seed: int = 1000, num_inference_steps: int = 20,
                           guidance_scale: float = 4.0, every: int = 1) -> dict[str, float]:
@@ -288,19 +291,13 @@ def measure_clip_guidance(components: SDComponents, clip, *, colour: str = "blue
     ``clip_guided``), the judge's share of pictures in ``colour`` (``colour_plain``, ``colour_guided``), and
     its share that draw the prompt's shape, size and position right (``object_plain``, ``object_guided``).
     """
-    from sdlearn.evaluate import eval_prompts
 
     if colour not in world.COLOURS:
         raise ValueError(f"colour must be one of the world's colours {', '.join(world.COLOURS)}, got {colour!r}.")
     check_int("count", count, expected="an int >= 1 (prompts to draw)")
-    prompts, named, steer = [], [], []
-    for _, want in eval_prompts("full", count, seed=seed):
-        obj = dict(want[0])
-        del obj["colour"]
-        phrase = world.POSITIONS[obj["position"]][0]
-        prompts.append(f"a {obj['size']} {obj['shape']} {phrase}")
-        steer.append(f"a {obj['size']} {colour} {obj['shape']} {phrase}")
-        named.append([{**obj, "colour": colour}])
+    prompts, objects = _uncoloured_prompts(count, seed)
+    steer = [f"a {o['size']} {colour} {o['shape']} {world.POSITIONS[o['position']][0]}" for o in objects]
+    named = [[{**o, "colour": colour}] for o in objects]
     loss_fn = clip_loss(clip, components.tokenizer, steer)
     plain, guided = with_and_without(components, prompts, loss_fn, loss_scale=loss_scale, seed=seed,
                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -319,19 +316,6 @@ def measure_clip_guidance(components: SDComponents, clip, *, colour: str = "blue
 # --------------------------------------------------------------------------------------
 
 
-def _uncoloured_prompts(count: int, seed: int) -> tuple[list[str], list[dict[str, str]]]:
-    """Held-out one-object prompts that name size, shape and position but no colour, and the objects' named
-    attributes."""
-    from sdlearn.evaluate import eval_prompts
-
-    prompts, objects = [], []
-    for _, want in eval_prompts("full", count, seed=seed):
-        obj = {a: v for a, v in want[0].items() if a != "colour"}
-        prompts.append(f"a {obj['size']} {obj['shape']} {world.POSITIONS[obj['position']][0]}")
-        objects.append(obj)
-    return prompts, objects
-
-
 def measure_word_weight(components: SDComponents, *, weights: Sequence[float] = (0.0, 0.5, 1.0, 1.5),
                         count: int = 16, seed: int = 1000, num_inference_steps: int = 20,
                         guidance_scale: float = 4.0) -> dict[float, float]:
@@ -342,13 +326,12 @@ def measure_word_weight(components: SDComponents, *, weights: Sequence[float] = 
     prompt's colour}``. Weight 1 is the plain prompt; weight 0 zeroes the word's own token, but the
     tokens after it have read it (CLIP's text encoder is causal), so the colour is not silenced.
     """
-    from sdlearn.evaluate import eval_prompts
     from sdlearn.text import encode, encode_weighted
 
     check_int("count", count, expected="an int >= 1 (prompts to draw)")
-    prompts = eval_prompts("full", count, seed=seed)
+    prompts = evaluate.eval_prompts("full", count, seed=seed)
     pipe = components.make_pipeline()
-    noise = held_out_noise(components, count, seed=seed)
+    noise = evaluate.held_out_noise(components.unet, count, seed=seed)
     empty = encode(components.tokenizer, components.text_encoder, [""] * count)
     shares = {}
     for w in weights:
@@ -377,7 +360,7 @@ def measure_negative_prompt(components: SDComponents, *, colour: str = "red", co
     check_int("count", count, expected="an int >= 1 (prompts to draw)")
     prompts, objects = _uncoloured_prompts(count, seed)
     pipe = components.make_pipeline()
-    noise = held_out_noise(components, count, seed=seed)
+    noise = evaluate.held_out_noise(components.unet, count, seed=seed)
     figures: dict[str, float] = {"n": count}
     for name, negative in (("plain", None), ("negative", colour)):
         images = pipe(prompts, negative_prompt=None if negative is None else [negative] * count,
